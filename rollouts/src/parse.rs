@@ -1,0 +1,346 @@
+//! Reading rollouts.yml: structure, types and meaning are all checked, and every
+//! problem is reported with its line and column, not just the first.
+
+use crate::model::{HashBy, Rollouts, Rule, VersionName, VersionSpec, API_VERSION, KIND};
+use crate::pattern;
+use crate::yaml_tree::{self, Node, Pos};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+/// One thing wrong with the file, at a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+    }
+}
+
+/// The file is not a valid rollouts.yml; `problems` lists all that was found.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", render(.problems, None))]
+pub struct ParseError {
+    pub problems: Vec<Problem>,
+}
+
+impl ParseError {
+    /// `file:line:column: message`, one line per problem, as compilers print them.
+    pub fn render_with_file(&self, file: &str) -> String {
+        render(&self.problems, Some(file))
+    }
+}
+
+fn render(problems: &[Problem], file: Option<&str>) -> String {
+    problems
+        .iter()
+        .map(|p| match file {
+            Some(f) => format!("{f}:{p}"),
+            None => p.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Parses and validates rollouts.yml text.
+pub fn parse(text: &str) -> Result<Rollouts, ParseError> {
+    let documents = yaml_tree::load(text).map_err(|e| ParseError {
+        problems: vec![Problem { line: e.pos.line, column: e.pos.column, message: format!("YAML syntax: {}", e.message) }],
+    })?;
+    let mut v = Validator::default();
+    let root = match documents.as_slice() {
+        [] => {
+            v.report(Pos { line: 1, column: 1 }, "the file is empty: expected a Rollouts document (apiVersion, kind, versions, rules)");
+            None
+        }
+        [one] => Some(one),
+        [_, second, ..] => {
+            v.report(second.pos(), "rollouts.yml must hold exactly one YAML document; remove the extra '---' section");
+            None
+        }
+    };
+    let parsed = root.and_then(|r| v.rollouts(r));
+    match (parsed, v.problems.is_empty()) {
+        (Some(r), true) => Ok(r),
+        _ => {
+            let mut problems = v.problems;
+            problems.sort_by_key(|p| (p.line, p.column));
+            Err(ParseError { problems })
+        }
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn report(&mut self, pos: Pos, message: impl Into<String>) {
+        self.problems.push(Problem { line: pos.line, column: pos.column, message: message.into() });
+    }
+
+    /// Checks that `node` is a mapping with only `allowed` keys and no duplicates.
+    fn mapping<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<BTreeMap<&'n str, (Pos, &'n Node)>> {
+        let Node::Map(_, entries) = node else {
+            self.report(node.pos(), format!("{what} must be a mapping, found {}", node.kind()));
+            return None;
+        };
+        let mut out = BTreeMap::new();
+        for (key, key_pos, value) in entries {
+            if !allowed.is_empty() && !allowed.contains(&key.as_str()) {
+                self.report(*key_pos, format!("unknown key {key:?} in {what}; allowed keys: {}", allowed.join(", ")));
+                continue;
+            }
+            if out.insert(key.as_str(), (*key_pos, value)).is_some() {
+                self.report(*key_pos, format!("duplicate key {key:?} in {what}"));
+            }
+        }
+        Some(out)
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match node {
+            Node::Scalar(_, s, _) => Some(s.clone()),
+            other => {
+                self.report(other.pos(), format!("{what} must be a string, found {}", other.kind()));
+                None
+            }
+        }
+    }
+
+    fn required<'n>(&mut self, map: &BTreeMap<&str, (Pos, &'n Node)>, key: &str, at: Pos, what: &str) -> Option<&'n Node> {
+        match map.get(key) {
+            Some((_, n)) => Some(*n),
+            None => {
+                self.report(at, format!("{what} is missing the required key {key:?}"));
+                None
+            }
+        }
+    }
+
+    fn rollouts(&mut self, root: &Node) -> Option<Rollouts> {
+        let top = self.mapping(root, "the document", &["apiVersion", "kind", "versions", "rules"])?;
+        let at = root.pos();
+        let api_version = self.required(&top, "apiVersion", at, "the document").and_then(|n| {
+            let s = self.string(n, "apiVersion")?;
+            if s != API_VERSION {
+                self.report(n.pos(), format!("apiVersion must be {API_VERSION:?}, found {s:?}"));
+            }
+            Some(s)
+        });
+        let kind = self.required(&top, "kind", at, "the document").and_then(|n| {
+            let s = self.string(n, "kind")?;
+            if s != KIND {
+                self.report(n.pos(), format!("kind must be {KIND:?}, found {s:?}"));
+            }
+            Some(s)
+        });
+        let versions = self.required(&top, "versions", at, "the document").and_then(|n| self.versions(n));
+        let rules = match (self.required(&top, "rules", at, "the document"), &versions) {
+            (Some(n), Some(vs)) => self.rules(n, vs),
+            (Some(n), None) => {
+                // Still check the rules' own shape so the user sees everything at once.
+                self.rules(n, &BTreeMap::new());
+                None
+            }
+            _ => None,
+        };
+        Some(Rollouts { api_version: api_version?, kind: kind?, versions: versions?, rules: rules? })
+    }
+
+    fn versions(&mut self, node: &Node) -> Option<BTreeMap<VersionName, VersionSpec>> {
+        let map = self.mapping(node, "versions", &[])?;
+        if map.is_empty() {
+            self.report(node.pos(), "versions is empty: name at least one version, e.g. `1-25-2: {proxyImage: ...}`");
+            return None;
+        }
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (name, (key_pos, value)) in map {
+            let version = match VersionName::new(name) {
+                Ok(v) => Some(v),
+                Err(msg) => {
+                    self.report(key_pos, msg);
+                    ok = false;
+                    None
+                }
+            };
+            let what = format!("version {name:?}");
+            let Some(fields) = self.mapping(value, &what, &["proxyImage", "controlPlane"]) else {
+                ok = false;
+                continue;
+            };
+            let image = self.required(&fields, "proxyImage", value.pos(), &what).and_then(|n| self.string(n, "proxyImage"));
+            let image = match image {
+                Some(s) if s.trim().is_empty() => {
+                    self.report(fields["proxyImage"].1.pos(), format!("{what}: proxyImage is empty"));
+                    None
+                }
+                other => other,
+            };
+            let control_plane = match fields.get("controlPlane") {
+                Some((_, n)) => {
+                    let s = self.string(n, "controlPlane");
+                    if s.is_none() {
+                        ok = false;
+                    }
+                    s
+                }
+                None => None,
+            };
+            match (version, image) {
+                (Some(v), Some(proxy_image)) => {
+                    out.insert(v, VersionSpec { proxy_image, control_plane });
+                }
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn rules(&mut self, node: &Node, versions: &BTreeMap<VersionName, VersionSpec>) -> Option<Vec<Rule>> {
+        let Node::Seq(_, items) = node else {
+            self.report(node.pos(), format!("rules must be a list, found {}", node.kind()));
+            return None;
+        };
+        if items.is_empty() {
+            self.report(node.pos(), "rules is empty: add at least the final catch-all rule `- namespaces: [\"*\"]`");
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        let mut seen_patterns: HashSet<String> = HashSet::new();
+        let mut catch_all_at: Option<usize> = None;
+        for (index, item) in items.iter().enumerate() {
+            let what = format!("rules[{index}]");
+            if let Some(earlier) = catch_all_at {
+                self.report(item.pos(), format!("{what} can never match: rules[{earlier}] already matches every namespace with \"*\"; move it above that rule or remove it"));
+                ok = false;
+            }
+            match self.rule(item, &what, versions, &mut seen_patterns) {
+                Some(rule) => {
+                    if rule.namespaces.iter().any(|p| p == "*") && catch_all_at.is_none() {
+                        catch_all_at = Some(index);
+                    }
+                    out.push(rule);
+                }
+                None => ok = false,
+            }
+        }
+        if catch_all_at.is_none() && ok {
+            let last = items.last().map(Node::pos).unwrap_or(node.pos());
+            self.report(last, "the last rule must match every namespace: add `- namespaces: [\"*\"]` with a distribution at the end");
+            ok = false;
+        }
+        ok.then_some(out)
+    }
+
+    fn rule(&mut self, node: &Node, what: &str, versions: &BTreeMap<VersionName, VersionSpec>, seen: &mut HashSet<String>) -> Option<Rule> {
+        let fields = self.mapping(node, what, &["namespaces", "hashBy", "distribution"])?;
+        let mut ok = true;
+        let namespaces = self.required(&fields, "namespaces", node.pos(), what).and_then(|n| {
+            let Node::Seq(_, items) = n else {
+                self.report(n.pos(), format!("{what}.namespaces must be a list of patterns, found {}", n.kind()));
+                return None;
+            };
+            if items.is_empty() {
+                self.report(n.pos(), format!("{what}.namespaces is empty: list at least one namespace pattern"));
+                return None;
+            }
+            let mut patterns = Vec::new();
+            let mut here = HashSet::new();
+            for item in items {
+                let p = self.string(item, &format!("{what}.namespaces entry"))?;
+                if p.is_empty() {
+                    self.report(item.pos(), format!("{what}.namespaces has an empty pattern"));
+                    return None;
+                }
+                if !pattern::is_valid(&p) {
+                    self.report(item.pos(), format!("{what}.namespaces: {p:?} is not a namespace pattern (lowercase letters, digits, '-', '*' and '?')"));
+                    return None;
+                }
+                if !here.insert(p.clone()) {
+                    self.report(item.pos(), format!("{what}.namespaces lists {p:?} twice"));
+                    return None;
+                }
+                if !seen.insert(p.clone()) {
+                    self.report(item.pos(), format!("{what}.namespaces: {p:?} is already listed by an earlier rule, so it never reaches this one"));
+                    return None;
+                }
+                patterns.push(p);
+            }
+            Some(patterns)
+        });
+        ok &= namespaces.is_some();
+        let hash_by = match fields.get("hashBy") {
+            None => Some(HashBy::Namespace),
+            Some((_, n)) => match self.string(n, &format!("{what}.hashBy")).as_deref() {
+                Some("namespace") => Some(HashBy::Namespace),
+                Some("workload") => Some(HashBy::Workload),
+                Some(other) => {
+                    self.report(n.pos(), format!("{what}.hashBy must be \"namespace\" or \"workload\", found {other:?}"));
+                    None
+                }
+                None => None,
+            },
+        };
+        ok &= hash_by.is_some();
+        let distribution = self.required(&fields, "distribution", node.pos(), what).and_then(|n| self.distribution(n, what, versions));
+        ok &= distribution.is_some();
+        if !ok {
+            return None;
+        }
+        Some(Rule { namespaces: namespaces?, hash_by: hash_by?, distribution: distribution?, line: node.pos().line })
+    }
+
+    fn distribution(&mut self, node: &Node, what: &str, versions: &BTreeMap<VersionName, VersionSpec>) -> Option<BTreeMap<VersionName, u32>> {
+        let what = format!("{what}.distribution");
+        let map = self.mapping(node, &what, &[])?;
+        if map.is_empty() {
+            self.report(node.pos(), format!("{what} is empty: give each version a percentage, summing to 100"));
+            return None;
+        }
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        let mut total: u64 = 0;
+        for (name, (key_pos, value)) in map {
+            let version = versions.keys().find(|v| v.as_str() == name).cloned();
+            if version.is_none() {
+                let known: Vec<&str> = versions.keys().map(VersionName::as_str).collect();
+                if !versions.is_empty() {
+                    self.report(key_pos, format!("{what} names version {name:?}, which is not under `versions` (known: {})", known.join(", ")));
+                }
+                ok = false;
+            }
+            let share = match value {
+                Node::Scalar(_, s, false) => match s.parse::<u32>() {
+                    Ok(n) if n <= 100 => Some(n),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match share {
+                Some(n) => {
+                    total += u64::from(n);
+                    if let Some(v) = version {
+                        out.insert(v, n);
+                    }
+                }
+                None => {
+                    self.report(value.pos(), format!("{what}.{name} must be a whole percentage from 0 to 100"));
+                    ok = false;
+                }
+            }
+        }
+        if ok && total != 100 {
+            self.report(node.pos(), format!("{what} sums to {total}, not 100"));
+            ok = false;
+        }
+        ok.then_some(out)
+    }
+}

@@ -1,0 +1,143 @@
+//! A YAML document as a small tree whose every node remembers where it stood
+//! in the file, so that validation can point at the exact line and column.
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// 1-based line and column of a node in the source text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl From<Marker> for Pos {
+    fn from(m: Marker) -> Self {
+        Pos { line: m.line(), column: m.col() + 1 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Node {
+    Map(Pos, Vec<(String, Pos, Node)>),
+    Seq(Pos, Vec<Node>),
+    /// A scalar with its text and whether it was quoted (quoted text is never a number).
+    Scalar(Pos, String, bool),
+    Null(Pos),
+}
+
+impl Node {
+    pub fn pos(&self) -> Pos {
+        match self {
+            Node::Map(p, _) | Node::Seq(p, _) | Node::Scalar(p, _, _) | Node::Null(p) => *p,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Node::Map(..) => "a mapping",
+            Node::Seq(..) => "a list",
+            Node::Scalar(..) => "a scalar",
+            Node::Null(..) => "null",
+        }
+    }
+}
+
+/// A syntax error, positioned.
+#[derive(Debug, Clone)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+enum Frame {
+    Map(Pos, Vec<(String, Pos, Node)>, Option<(String, Pos)>),
+    Seq(Pos, Vec<Node>),
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    documents: Vec<Node>,
+    error: Option<SyntaxError>,
+}
+
+impl Builder {
+    fn push_value(&mut self, node: Node) {
+        match self.stack.last_mut() {
+            None => self.documents.push(node),
+            Some(Frame::Seq(_, items)) => items.push(node),
+            Some(Frame::Map(_, entries, pending_key)) => match pending_key.take() {
+                Some((key, key_pos)) => entries.push((key, key_pos, node)),
+                None => match node {
+                    Node::Scalar(pos, text, _) => *pending_key = Some((text, pos)),
+                    Node::Null(pos) => *pending_key = Some((String::new(), pos)),
+                    other => {
+                        if self.error.is_none() {
+                            self.error = Some(SyntaxError {
+                                pos: other.pos(),
+                                message: "a mapping key must be a plain string".into(),
+                            });
+                        }
+                        *pending_key = Some((String::new(), other.pos()));
+                    }
+                },
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let pos = Pos::from(mark);
+        match ev {
+            Event::MappingStart(..) => self.stack.push(Frame::Map(pos, Vec::new(), None)),
+            Event::SequenceStart(..) => self.stack.push(Frame::Seq(pos, Vec::new())),
+            Event::MappingEnd | Event::SequenceEnd => {
+                let node = match self.stack.pop() {
+                    // A block mapping's start event is marked after its first key;
+                    // point at the first key instead, where a reader looks.
+                    Some(Frame::Map(p, entries, _)) => {
+                        let at = entries.first().map(|(_, key_pos, _)| *key_pos).unwrap_or(p);
+                        Node::Map(at, entries)
+                    }
+                    Some(Frame::Seq(p, items)) => Node::Seq(p, items),
+                    None => return,
+                };
+                self.push_value(node);
+            }
+            Event::Scalar(text, style, _, _) => {
+                let quoted = !matches!(style, TScalarStyle::Plain);
+                let node = if !quoted && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL") {
+                    Node::Null(pos)
+                } else {
+                    Node::Scalar(pos, text, quoted)
+                };
+                self.push_value(node);
+            }
+            Event::Alias(_) => {
+                if self.error.is_none() {
+                    self.error = Some(SyntaxError {
+                        pos,
+                        message: "YAML aliases are not supported in rollouts.yml; write the value out".into(),
+                    });
+                }
+                self.push_value(Node::Null(pos));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Parses every document of `text`.
+pub fn load(text: &str) -> Result<Vec<Node>, SyntaxError> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut builder, true) {
+        return Err(SyntaxError { pos: Pos::from(*e.marker()), message: e.info().to_string() });
+    }
+    if let Some(e) = builder.error {
+        return Err(e);
+    }
+    Ok(builder.documents)
+}
