@@ -1,0 +1,326 @@
+//! The HTTPS edge: AdmissionReview in, AdmissionReview out; metrics on their own port.
+
+use crate::admission::{self, AdmissionRequest};
+use crate::inject::{self, InjectorConfig, NamespaceContext, Outcome};
+use crate::metrics::Metrics;
+use crate::reload::{self, SharedRollouts};
+use crate::tls::{self, ReloadingCert};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rollouts::Rollouts;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+/// The API server never sends more than 3 MiB for one object (etcd's limit is
+/// 1.5 MiB); anything larger is not a real AdmissionReview.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Flags of the `webhook` binary.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "webhook", about = "Revmesh sidecar injector: a mutating admission webhook (AdmissionReview v1 over HTTPS)")]
+pub struct Settings {
+    /// HTTPS address for AdmissionReviews (paths /inject and /inject/rev/<version>).
+    #[arg(long, default_value = "0.0.0.0:15017", env = "REVMESH_WEBHOOK_LISTEN")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP address for /metrics and /healthz/ready.
+    #[arg(long, default_value = "0.0.0.0:15014", env = "REVMESH_WEBHOOK_METRICS_LISTEN")]
+    pub metrics_listen: SocketAddr,
+    /// PEM certificate chain served to the API server; re-read when it changes.
+    #[arg(long, env = "REVMESH_WEBHOOK_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "REVMESH_WEBHOOK_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// rollouts.yml (a mounted ConfigMap); re-read when it changes.
+    #[arg(long, env = "REVMESH_ROLLOUTS")]
+    pub rollouts: PathBuf,
+    /// How often the mounted files are checked for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    pub log_format: String,
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{text:?} is not a duration like 500ms, 2s or 1m")),
+    }
+}
+
+pub struct AppState {
+    pub rollouts: SharedRollouts,
+    pub injector: InjectorConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What one AdmissionReview produced, for the response and the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    pub response: Value,
+    pub result: &'static str,
+    pub version: String,
+    pub reason: String,
+}
+
+/// Answers one AdmissionRequest. Pure: no I/O, so it is unit-tested directly.
+pub fn admit(request: &AdmissionRequest, namespace_pin: Option<&str>, rollouts: &Rollouts, cfg: &InjectorConfig) -> Admitted {
+    let is_pod = request.resource.as_ref().is_some_and(|r| r.group.is_empty() && r.resource == "pods");
+    let is_create = request.operation == "CREATE" && request.sub_resource.as_deref().unwrap_or("").is_empty();
+    let allow_untouched = |reason: &str| Admitted {
+        response: admission::allow(&request.uid, None),
+        result: "allowed",
+        version: String::new(),
+        reason: reason.into(),
+    };
+    if !is_pod || !is_create {
+        return allow_untouched("not-a-pod-create");
+    }
+    let Some(pod) = request.object.as_ref() else {
+        return allow_untouched("no-object");
+    };
+    let namespace = request
+        .namespace
+        .as_deref()
+        .or_else(|| pod.pointer("/metadata/namespace").and_then(Value::as_str))
+        .unwrap_or("default");
+    let ns = NamespaceContext { namespace, pin: namespace_pin, disabled: false };
+    match inject::decide(pod, ns, None, rollouts, cfg) {
+        Outcome::Skip(skip) => Admitted {
+            response: admission::allow(&request.uid, None),
+            result: "skipped",
+            version: String::new(),
+            reason: skip.metric_label().into(),
+        },
+        Outcome::Deny { message } => Admitted {
+            response: admission::deny(&request.uid, &message),
+            result: "denied",
+            version: String::new(),
+            reason: message,
+        },
+        Outcome::Inject { version, patch, status } => Admitted {
+            response: admission::allow(&request.uid, Some(&patch)),
+            result: if request.dry_run == Some(true) { "dry-run-injected" } else { "injected" },
+            version: version.to_string(),
+            reason: status.reason,
+        },
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json_response(value: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(value).unwrap_or_default())));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `/inject` → no namespace pin; `/inject/rev/<version>` → namespace pinned.
+fn route(path: &str) -> Option<Option<&str>> {
+    match path {
+        "/inject" | "/inject/" => Some(None),
+        p => p.strip_prefix("/inject/rev/").filter(|v| !v.is_empty() && !v.contains('/')).map(Some),
+    }
+}
+
+async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let path = req.uri().path().to_string();
+    if req.method() == Method::GET && path == "/healthz/ready" {
+        return text(StatusCode::OK, "ready\n");
+    }
+    let Some(namespace_pin) = route(&path) else {
+        state.metrics.bad_request("not-found");
+        return text(StatusCode::NOT_FOUND, format!("no such path {path:?}: AdmissionReviews go to /inject or /inject/rev/<version>\n"));
+    };
+    if req.method() != Method::POST {
+        state.metrics.bad_request("method");
+        return text(StatusCode::METHOD_NOT_ALLOWED, "AdmissionReviews are POSTed\n");
+    }
+    if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+        if !ct.to_str().unwrap_or("").to_ascii_lowercase().starts_with("application/json") {
+            state.metrics.bad_request("content-type");
+            return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the AdmissionReview as application/json\n");
+        }
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            state.metrics.bad_request(if too_large { "too-large" } else { "body-read" });
+            return if too_large {
+                text(StatusCode::PAYLOAD_TOO_LARGE, format!("the body exceeds {MAX_BODY_BYTES} bytes\n"))
+            } else {
+                text(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}\n"))
+            };
+        }
+    };
+    let request = match admission::parse(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.bad_request("malformed");
+            return text(StatusCode::BAD_REQUEST, format!("not an AdmissionReview v1: {e}\n"));
+        }
+    };
+    let namespace_pin = namespace_pin.map(str::to_owned);
+    let pod_name = request
+        .object
+        .as_ref()
+        .and_then(|o| o.pointer("/metadata/name").or_else(|| o.pointer("/metadata/generateName")))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let span = tracing::info_span!("admission", uid = %request.uid, namespace = request.namespace.as_deref().unwrap_or(""), pod = pod_name);
+    let rollouts = match state.rollouts.read() {
+        Ok(g) => Arc::clone(&g),
+        Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+    };
+    let admitted = span.in_scope(|| {
+        let a = admit(&request, namespace_pin.as_deref(), &rollouts, &state.injector);
+        match a.result {
+            "denied" => tracing::warn!(reason = %a.reason, "pod refused"),
+            "injected" | "dry-run-injected" => tracing::debug!(version = %a.version, reason = %a.reason, "sidecar injected"),
+            _ => tracing::debug!(result = a.result, reason = %a.reason, "pod left alone"),
+        }
+        a
+    });
+    // Denial messages are free text; keep the label's cardinality bounded.
+    let reason_label = if admitted.result == "denied" { "invalid" } else { admitted.reason.as_str() };
+    state.metrics.admission(admitted.result, &admitted.version, reason_label);
+    state.metrics.latency.observe(started.elapsed().as_secs_f64());
+    json_response(&admitted.response)
+}
+
+async fn handle_metrics(req: Request<Incoming>, state: Arc<AppState>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, state.metrics.encode());
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+            r
+        }
+        "/healthz/ready" => text(StatusCode::OK, "ready\n"),
+        _ => text(StatusCode::NOT_FOUND, "try /metrics\n"),
+    }
+}
+
+/// Serves AdmissionReviews over TLS until `shutdown` resolves.
+pub async fn serve_https(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<AppState>, shutdown: impl std::future::Future<Output = ()>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let state = Arc::clone(&state);
+        tokio::spawn(
+            async move {
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, std::convert::Infallible>(handle(req, state).await) }
+                });
+                if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            .instrument(tracing::debug_span!("connection", %peer)),
+        );
+    }
+}
+
+/// Serves /metrics over plain HTTP.
+pub async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, std::convert::Infallible>(handle_metrics(req, state).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}
+
+/// Loads the files, binds the ports and serves until SIGTERM or Ctrl-C.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let (rollouts, rollouts_bytes) = reload::load_rollouts(&settings.rollouts)?;
+    let pair = tls::read_pair(&settings.tls_cert, &settings.tls_key)?;
+    let cert = tls::load_pair(&pair.0, &pair.1, &settings.tls_cert, &settings.tls_key)?;
+    let resolver = Arc::new(ReloadingCert::new(cert));
+    let tls_config = tls::server_config(Arc::clone(&resolver))?;
+    let metrics = Arc::new(Metrics::default());
+    metrics.file_reloaded("rollouts", true);
+    metrics.file_reloaded("tls", true);
+    let shared: SharedRollouts = Arc::new(RwLock::new(Arc::new(rollouts)));
+    let state = Arc::new(AppState { rollouts: Arc::clone(&shared), injector: InjectorConfig::default(), metrics: Arc::clone(&metrics) });
+
+    let https = TcpListener::bind(settings.listen).await.map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.listen))?;
+    let metrics_listener = TcpListener::bind(settings.metrics_listen).await.map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.metrics_listen))?;
+    tracing::info!(
+        listen = %https.local_addr()?,
+        metrics = %metrics_listener.local_addr()?,
+        rollouts = %settings.rollouts.display(),
+        "webhook serving"
+    );
+    tokio::spawn(reload::watch_rollouts(settings.rollouts.clone(), rollouts_bytes, shared, Arc::clone(&metrics), settings.reload_interval));
+    tokio::spawn(reload::watch_tls(settings.tls_cert.clone(), settings.tls_key.clone(), pair, resolver, Arc::clone(&metrics), settings.reload_interval));
+    tokio::spawn(serve_metrics(metrics_listener, Arc::clone(&state)));
+    serve_https(https, tls_config, state, shutdown_signal()).await;
+    tracing::info!("webhook stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
