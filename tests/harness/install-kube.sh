@@ -14,7 +14,14 @@ need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 
-if [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/kube-controller-manager" && ${#need_apt[@]} -eq 0 ]]; then
+# Bump when the build below changes, so cached binaries are rebuilt.
+recipe="2: reflect2 1.0.2 from Debian (1.0.1 faults under Go >= 1.18)"
+cached() {
+  [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/kube-controller-manager" ]] &&
+    [[ "$(cat "$bin_dir/RECIPE" 2>/dev/null)" == "$recipe" ]]
+}
+
+if cached && [[ ${#need_apt[@]} -eq 0 ]]; then
   echo "install-kube: cached binaries in $bin_dir"
   exit 0
 fi
@@ -26,9 +33,9 @@ if [[ ! -f "$src_list" ]]; then
   sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources >"$src_list"
 fi
 apt-get update -qq
-apt-get install -y -qq golang-go etcd-server rsync dpkg-dev >/dev/null
+apt-get install -y -qq golang-go etcd-server rsync dpkg-dev golang-github-modern-go-reflect2-dev >/dev/null
 
-if [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/kube-controller-manager" ]]; then
+if cached; then
   exit 0
 fi
 
@@ -40,6 +47,13 @@ if ! ls -d kubernetes-1.20*/ >/dev/null 2>&1; then
 fi
 src="$(ls -d "$work"/kubernetes-1.20*/ | head -1)"
 cd "$src"
+# The vendored reflect2 1.0.1 reads Go runtime internals that changed in Go 1.18
+# and makes the API server die with "fatal error: fault"; 1.0.2 is API-compatible.
+reflect2_src=/usr/share/gocode/src/github.com/modern-go/reflect2
+rm -rf vendor/github.com/modern-go/reflect2
+mkdir -p vendor/github.com/modern-go/reflect2
+cp "$reflect2_src"/*.go "$reflect2_src"/*.s vendor/github.com/modern-go/reflect2/ 2>/dev/null || cp "$reflect2_src"/*.go vendor/github.com/modern-go/reflect2/
+rm -f vendor/github.com/modern-go/reflect2/*_test.go
 mkdir -p .go/src/k8s.io
 [[ -e .go/src/k8s.io/kubernetes ]] || ln -s ../../.. .go/src/k8s.io/kubernetes
 export GOPATH="$src/.go" CGO_ENABLED=0 GOFLAGS=-mod=vendor GO111MODULE=on
@@ -48,4 +62,5 @@ make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$work/build.log" 2>
   tail -40 "$work/build.log"; exit 1; }
 out="$(find "$src/_output" -type f -name kube-apiserver -path '*bin*' | head -1)"
 cp "$(dirname "$out")/kube-apiserver" "$(dirname "$out")/kube-controller-manager" "$bin_dir/"
+echo "$recipe" >"$bin_dir/RECIPE"
 echo "install-kube: built into $bin_dir"
