@@ -157,18 +157,23 @@ async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Full<B
         state.metrics.bad_request("method");
         return text(StatusCode::METHOD_NOT_ALLOWED, "AdmissionReviews are POSTed\n");
     }
-    if let Some(ct) = req.headers().get(CONTENT_TYPE) {
-        if !ct.to_str().unwrap_or("").to_ascii_lowercase().starts_with("application/json") {
-            state.metrics.bad_request("content-type");
-            return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the AdmissionReview as application/json\n");
-        }
+    let json_content = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_none_or(|ct| ct.to_str().unwrap_or("").to_ascii_lowercase().starts_with("application/json"));
+    if !json_content {
+        state.metrics.bad_request("content-type");
+        drain(req.into_body()).await;
+        return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the AdmissionReview as application/json\n");
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+    let mut body = req.into_body();
+    let body = match Limited::new(&mut body, MAX_BODY_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
             state.metrics.bad_request(if too_large { "too-large" } else { "body-read" });
             return if too_large {
+                drain(body).await;
                 text(StatusCode::PAYLOAD_TOO_LARGE, format!("the body exceeds {MAX_BODY_BYTES} bytes\n"))
             } else {
                 text(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}\n"))
@@ -208,6 +213,19 @@ async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Full<B
     state.metrics.admission(admitted.result, &admitted.version, reason_label);
     state.metrics.latency.observe(started.elapsed().as_secs_f64());
     json_response(&admitted.response)
+}
+
+/// Reads and drops what is left of a refused body (up to a bound), so that the
+/// client, still sending, sees the error status instead of a reset connection.
+async fn drain(mut body: Incoming) {
+    const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+    let mut seen = 0usize;
+    while seen < DRAIN_LIMIT {
+        match tokio::time::timeout(Duration::from_secs(5), body.frame()).await {
+            Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
 }
 
 async fn handle_metrics(req: Request<Incoming>, state: Arc<AppState>) -> Response<Full<Bytes>> {

@@ -17,19 +17,12 @@ struct Pki {
 }
 
 fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params.subject_alt_names.push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
-    let cert = params.signed_by(&key, &ca, &ca_key).expect("leaf");
-    Pki { ca: ca.pem(), cert: cert.pem(), key: key.serialize_pem() }
+    let p = kube_harness::tls::loopback_pki("revmesh-webhook").expect("test certificates");
+    Pki { ca: p.ca_pem, cert: p.cert_pem, key: p.key_pem }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    kube_harness::free_port().expect("free port")
 }
 
 struct Webhook {
@@ -94,7 +87,12 @@ impl Webhook {
         let out = cmd.output().expect("curl runs (apt-get install curl)");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        let code = code.trim().parse().unwrap_or(0);
+        if code == 0 {
+            // curl could not complete the exchange (TLS or connection): report why.
+            return (0, String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        (code, body.to_string())
     }
 
     fn post(&self, path: &str, body: &str) -> (u16, String) {
@@ -164,6 +162,7 @@ fn answers_reviews_and_refuses_bad_bodies_without_crashing() {
     assert_eq!(code, 200, "{body}");
     let resp = response(&body);
     assert_eq!(resp["allowed"], true);
+
     let patch = decoded_patch(&resp);
     assert!(patch.iter().any(|op| op["path"] == "/spec/containers/-" && op["value"]["name"] == "revmesh-proxy"), "{patch:?}");
 
@@ -196,7 +195,8 @@ fn answers_reviews_and_refuses_bad_bodies_without_crashing() {
     assert_eq!(w.post("/inject", "{\"request\": [").0, 400);
     let big = w.path("big.json");
     std::fs::write(&big, vec![b' '; 4 * 1024 * 1024]).expect("write");
-    assert_eq!(w.curl("POST", "/inject", Some(&big), "application/json", &w.path("ca.crt")).0, 413);
+    let (code, why) = w.curl("POST", "/inject", Some(&big), "application/json", &w.path("ca.crt"));
+    assert_eq!(code, 413, "{why}");
     assert_eq!(w.curl("POST", "/inject", Some(&big), "text/plain", &w.path("ca.crt")).0, 415);
     assert_eq!(w.curl("GET", "/inject", None, "application/json", &w.path("ca.crt")).0, 405);
     assert_eq!(w.curl("POST", "/mutate", None, "application/json", &w.path("ca.crt")).0, 404);
