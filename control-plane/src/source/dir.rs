@@ -5,9 +5,7 @@
 use super::manifests::{read_file, ManifestError, Objects};
 use crate::model::MeshModel;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Every manifest file under `root`, sorted, so errors come in a stable order.
 fn manifest_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -63,7 +61,7 @@ pub fn load(root: &Path) -> anyhow::Result<(MeshModel, Vec<(PathBuf, Vec<u8>)>)>
 }
 
 /// Polls the folder; publishes each new valid model; logs and counts refusals.
-pub async fn watch(root: PathBuf, mut last: Vec<(PathBuf, Vec<u8>)>, interval: Duration, tx: watch::Sender<Arc<MeshModel>>, on_refused: impl Fn(&[ManifestError])) {
+pub async fn watch(root: PathBuf, mut last: Vec<(PathBuf, Vec<u8>)>, interval: Duration, publish: impl Fn(MeshModel), on_refused: impl Fn(&[ManifestError])) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -81,7 +79,7 @@ pub async fn watch(root: PathBuf, mut last: Vec<(PathBuf, Vec<u8>)>, interval: D
         match parse_snapshot(&root, &files) {
             Ok(model) => {
                 tracing::info!(dir = %root.display(), services = model.services.len(), routes = model.routes.len(), "manifests reloaded");
-                tx.send_replace(Arc::new(model));
+                publish(model);
             }
             Err(errors) => {
                 for e in &errors {

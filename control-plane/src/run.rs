@@ -1,0 +1,125 @@
+//! Flags, wiring and the debug endpoints of one control-plane revision.
+
+use crate::model::MeshModel;
+use crate::source::dir;
+use crate::status::ProxyRegistry;
+use crate::xds::{AdsServer, AdsService, Published};
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "control-plane", about = "One revision of Revmesh's control plane: an ADS (xDS) server for the proxies of that revision")]
+pub struct Settings {
+    /// The revision served (a mesh version such as 1-25-2); proxies of other revisions are refused.
+    #[arg(long, env = "REVMESH_REVISION")]
+    pub revision: String,
+    /// Where the mesh comes from: `dir:PATH` (a watched folder of Service,
+    /// Endpoints, EndpointSlice and HTTPRoute manifests).
+    #[arg(long, default_value = "dir:./examples/mesh")]
+    pub source: String,
+    /// Plaintext xDS (ADS) address.
+    #[arg(long, default_value = "0.0.0.0:15010")]
+    pub xds_listen: SocketAddr,
+    /// Debug and metrics address: /debug/syncz, /metrics.
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    pub debug_listen: SocketAddr,
+    /// How often the source folder is checked for changes.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().map_err(|_| format!("{text:?} is not a duration like 200ms or 1s"))?;
+    match &t[split..] {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("{text:?} is not a duration like 200ms or 1s")),
+    }
+}
+
+pub fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    if !rollouts_compatible_revision(&settings.revision) {
+        bail!("--revision {:?} is not a DNS label (for example 1-25-2)", settings.revision);
+    }
+    let Some(path) = settings.source.strip_prefix("dir:") else {
+        bail!("--source {:?} is not supported yet: use dir:PATH (the Kubernetes source is not built yet)", settings.source);
+    };
+    let root = PathBuf::from(path);
+    let (model, files) = dir::load(&root)?;
+    let registry = ProxyRegistry::new(&settings.revision);
+    registry.model_published(1);
+    let (tx, rx) = watch::channel(Arc::new(Published { version: 1, model }));
+
+    let publish_registry = Arc::clone(&registry);
+    let refuse_registry = Arc::clone(&registry);
+    tokio::spawn(dir::watch(
+        root,
+        files,
+        settings.poll_interval,
+        move |model: MeshModel| {
+            let version = tx.borrow().version + 1;
+            publish_registry.model_published(version);
+            tx.send_replace(Arc::new(Published { version, model }));
+        },
+        move |_errors| refuse_registry.config_refused(),
+    ));
+
+    let server = Arc::new(AdsServer::new(settings.revision.clone(), rx, Arc::clone(&registry)));
+    let debug = tokio::net::TcpListener::bind(settings.debug_listen).await.with_context(|| format!("binding {}", settings.debug_listen))?;
+    tokio::spawn(serve_debug(debug, Arc::clone(&registry)));
+    tracing::info!(revision = %settings.revision, xds = %settings.xds_listen, debug = %settings.debug_listen, "control plane serving");
+    tonic::transport::Server::builder()
+        .add_service(AggregatedDiscoveryServiceServer::new(AdsService(server)))
+        .serve_with_shutdown(settings.xds_listen, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .with_context(|| format!("serving xDS on {}", settings.xds_listen))?;
+    Ok(())
+}
+
+fn rollouts_compatible_revision(r: &str) -> bool {
+    !r.is_empty() && r.len() <= 63 && r.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') && !r.starts_with('-') && !r.ends_with('-')
+}
+
+async fn serve_debug(listener: tokio::net::TcpListener, registry: Arc<ProxyRegistry>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let registry = Arc::clone(&registry);
+                async move {
+                    let (status, ctype, body) = match req.uri().path() {
+                        "/debug/syncz" => (StatusCode::OK, "application/json", serde_json::to_string_pretty(&registry.syncz()).unwrap_or_default()),
+                        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", registry.encode_metrics()),
+                        "/ready" | "/healthz/ready" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+                        _ => (StatusCode::NOT_FOUND, "text/plain", "try /debug/syncz or /metrics\n".to_string()),
+                    };
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = status;
+                    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}

@@ -1,0 +1,4 @@
+//! Sources of the mesh model.
+
+pub mod dir;
+pub mod manifests;

@@ -1,0 +1,363 @@
+//! The ADS server: State-of-the-World and Delta, per Envoy's xds_protocol.
+//!
+//! * Each stream belongs to one proxy; its first request must carry the node,
+//!   whose metadata `REVMESH_REVISION` must name this control plane's revision.
+//! * Per type, the server tracks the subscription, the nonce of its last
+//!   response and what the proxy ACKed or NACKed. A NACK leaves the proxy on its
+//!   last good config; the server does not resend until the config changes.
+//! * LDS and CDS are wildcard (all resources); EDS and RDS are by name.
+//! * Pushes go in make-before-break order: clusters, endpoints, listeners, routes.
+
+use crate::model::MeshModel;
+use crate::status::{ProxyRegistry, TypeStatus};
+use crate::translate::{self, ProxyContext, Resources, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource};
+use envoy_types::pb::google::protobuf::{value::Kind, Any};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Push order: a listener or route never names a cluster the proxy lacks.
+pub const TYPE_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
+
+/// A model with the version it was published under.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    pub version: u64,
+    pub model: MeshModel,
+}
+
+pub struct AdsServer {
+    pub revision: String,
+    model: watch::Receiver<Arc<Published>>,
+    cache: Mutex<HashMap<ProxyContext, (u64, Arc<Resources>)>>,
+    pub registry: Arc<ProxyRegistry>,
+}
+
+impl AdsServer {
+    pub fn new(revision: String, model: watch::Receiver<Arc<Published>>, registry: Arc<ProxyRegistry>) -> Self {
+        AdsServer { revision, model, cache: Mutex::new(HashMap::new()), registry }
+    }
+
+    /// Resources for a proxy context at the current model version; proxies with
+    /// the same context share one translation.
+    fn resources(&self, ctx: &ProxyContext, published: &Published) -> Arc<Resources> {
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((v, r)) = cache.get(ctx) {
+                if *v == published.version {
+                    return Arc::clone(r);
+                }
+            }
+        }
+        let r = Arc::new(translate::translate(&published.model, ctx));
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(ctx.clone(), (published.version, Arc::clone(&r)));
+        }
+        r
+    }
+}
+
+fn metadata_string(node: &Node, key: &str) -> Option<String> {
+    let field = node.metadata.as_ref()?.fields.get(key)?;
+    match &field.kind {
+        Some(Kind::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Checks the proxy's revision and reads its translation context.
+pub fn admit_node(node: Option<&Node>, revision: &str) -> Result<(String, ProxyContext), Status> {
+    let node = node.ok_or_else(|| Status::invalid_argument("the first request on a stream must carry the node (id and metadata)"))?;
+    match metadata_string(node, "REVMESH_REVISION") {
+        Some(r) if r == revision => {}
+        Some(r) => {
+            return Err(Status::permission_denied(format!(
+                "proxy {} is of revision {r}, but this control plane serves revision {revision} only; connect to control-plane-{r}",
+                node.id
+            )))
+        }
+        None => {
+            return Err(Status::permission_denied(format!(
+                "proxy {} names no revision (node metadata REVMESH_REVISION); this control plane serves revision {revision} only",
+                node.id
+            )))
+        }
+    }
+    let mut ctx = ProxyContext::default();
+    if let Some(addr) = metadata_string(node, "REVMESH_OUTBOUND_ADDRESS") {
+        ctx.outbound_address = addr
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("node metadata REVMESH_OUTBOUND_ADDRESS {addr:?} is not ip:port")))?;
+    }
+    if let Some(mode) = metadata_string(node, "REVMESH_INTERCEPTION") {
+        ctx.captured = match mode.as_str() {
+            "REDIRECT" => true,
+            "NONE" => false,
+            other => return Err(Status::invalid_argument(format!("node metadata REVMESH_INTERCEPTION {other:?} is not REDIRECT or NONE"))),
+        };
+    }
+    Ok((node.id.clone(), ctx))
+}
+
+/// Content version of a set of resources.
+fn version_of<'a>(items: impl Iterator<Item = (&'a String, &'a Any)>) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (name, any) in items {
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(&any.value);
+    }
+    format!("{:016x}", h.digest())
+}
+
+fn resource_version(any: &Any) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&any.value))
+}
+
+fn is_wildcard_type(type_url: &str) -> bool {
+    type_url == LISTENER_TYPE || type_url == CLUSTER_TYPE
+}
+
+#[derive(Debug, Default)]
+struct SotwType {
+    names: BTreeSet<String>,
+    wildcard: bool,
+    nonce: String,
+    sent_version: Option<String>,
+}
+
+/// The State-of-the-World response for one type, if it differs from what was sent.
+fn sotw_response(t: &mut SotwType, type_url: &str, all: &Resources, nonce: u64, force: bool) -> Option<DiscoveryResponse> {
+    let empty = BTreeMap::new();
+    let of_type = all.get(type_url).unwrap_or(&empty);
+    let chosen: Vec<(&String, &Any)> = of_type.iter().filter(|(n, _)| t.wildcard || t.names.contains(*n)).collect();
+    let version = version_of(chosen.iter().copied());
+    if !force && t.sent_version.as_deref() == Some(version.as_str()) {
+        return None;
+    }
+    t.nonce = nonce.to_string();
+    t.sent_version = Some(version.clone());
+    Some(DiscoveryResponse {
+        version_info: version,
+        resources: chosen.into_iter().map(|(_, a)| a.clone()).collect(),
+        type_url: type_url.into(),
+        nonce: t.nonce.clone(),
+        ..Default::default()
+    })
+}
+
+#[derive(Debug, Default)]
+struct DeltaType {
+    subscribed: BTreeSet<String>,
+    wildcard: bool,
+    /// name → version the proxy has (sent, or declared on reconnect)
+    known: BTreeMap<String, String>,
+    nonce: String,
+}
+
+/// The Delta response for one type: changed and removed resources, if any.
+fn delta_response(t: &mut DeltaType, type_url: &str, all: &Resources, system_version: u64, nonce: u64, force: bool) -> Option<DeltaDiscoveryResponse> {
+    let empty = BTreeMap::new();
+    let of_type = all.get(type_url).unwrap_or(&empty);
+    let mut resources = Vec::new();
+    for (name, any) in of_type.iter().filter(|(n, _)| t.wildcard || t.subscribed.contains(*n)) {
+        let version = resource_version(any);
+        if t.known.get(name) != Some(&version) {
+            t.known.insert(name.clone(), version.clone());
+            resources.push(Resource { name: name.clone(), version, resource: Some(any.clone()), ..Default::default() });
+        }
+    }
+    let removed: Vec<String> = t
+        .known
+        .keys()
+        .filter(|n| !of_type.contains_key(*n) || !(t.wildcard || t.subscribed.contains(*n)))
+        .cloned()
+        .collect();
+    for n in &removed {
+        t.known.remove(n);
+    }
+    if resources.is_empty() && removed.is_empty() && !force {
+        return None;
+    }
+    t.nonce = nonce.to_string();
+    Some(DeltaDiscoveryResponse {
+        system_version_info: system_version.to_string(),
+        resources,
+        type_url: type_url.into(),
+        removed_resources: removed,
+        nonce: t.nonce.clone(),
+        ..Default::default()
+    })
+}
+
+type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+type DeltaStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+/// The tonic service: a cheap handle on the shared server.
+#[derive(Clone)]
+pub struct AdsService(pub Arc<AdsServer>);
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = SotwStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<SotwStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.next().await.ok_or_else(|| Status::invalid_argument("the stream closed before its first request"))??;
+        let (node_id, ctx) = admit_node(first.node.as_ref(), &self.0.revision)?;
+        let (tx, rx) = mpsc::channel(16);
+        let server = Arc::clone(&self.0);
+        let proxy = server.registry.connect(&node_id, &server.revision, "sotw");
+        let span = tracing::info_span!("ads", proxy = %node_id, mode = "sotw");
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                tracing::info!("proxy connected");
+                let mut model = server.model.clone();
+                let mut types: HashMap<String, SotwType> = HashMap::new();
+                let mut nonce = 0u64;
+                let mut pending = Some(first);
+                loop {
+                    let request = match pending.take() {
+                        Some(r) => Some(r),
+                        None => tokio::select! {
+                            next = inbound.next() => match next {
+                                Some(Ok(r)) => Some(r),
+                                Some(Err(e)) => { tracing::info!(error = %e, "stream error"); break; }
+                                None => break,
+                            },
+                            changed = model.changed() => {
+                                if changed.is_err() { break; }
+                                None
+                            }
+                        },
+                    };
+                    let published = model.borrow_and_update().clone();
+                    let resources = server.resources(&ctx, &published);
+                    let mut sends: Vec<(String, bool)> = Vec::new();
+                    match request {
+                        Some(req) => {
+                            let type_url = req.type_url.clone();
+                            let t = types.entry(type_url.clone()).or_default();
+                            let status = TypeStatus::from_sotw(&req);
+                            if !req.response_nonce.is_empty() && req.response_nonce != t.nonce {
+                                continue; // stale: an answer to a response that was superseded
+                            }
+                            proxy.record(&type_url, status, published.version);
+                            let names: BTreeSet<String> = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
+                            let wildcard = req.resource_names.iter().any(|n| n == "*") || (is_wildcard_type(&type_url) && req.resource_names.is_empty());
+                            let changed = names != t.names || wildcard != t.wildcard || t.sent_version.is_none();
+                            t.names = names;
+                            t.wildcard = wildcard;
+                            if changed {
+                                sends.push((type_url, t.sent_version.is_none()));
+                            }
+                        }
+                        None => sends.extend(TYPE_ORDER.iter().filter(|u| types.contains_key(**u)).map(|u| (u.to_string(), false))),
+                    }
+                    for (type_url, first_time) in sends {
+                        let Some(t) = types.get_mut(&type_url) else { continue };
+                        nonce += 1;
+                        if let Some(resp) = sotw_response(t, &type_url, &resources, nonce, first_time) {
+                            proxy.sent(&type_url, &resp.version_info, &resp.nonce, published.version);
+                            if tx.send(Ok(resp)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                tracing::info!("proxy disconnected");
+                drop(proxy);
+            },
+            span,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(&self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<DeltaStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.next().await.ok_or_else(|| Status::invalid_argument("the stream closed before its first request"))??;
+        let (node_id, ctx) = admit_node(first.node.as_ref(), &self.0.revision)?;
+        let (tx, rx) = mpsc::channel(16);
+        let server = Arc::clone(&self.0);
+        let proxy = server.registry.connect(&node_id, &server.revision, "delta");
+        let span = tracing::info_span!("ads", proxy = %node_id, mode = "delta");
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                tracing::info!("proxy connected");
+                let mut model = server.model.clone();
+                let mut types: HashMap<String, DeltaType> = HashMap::new();
+                let mut nonce = 0u64;
+                let mut pending = Some(first);
+                loop {
+                    let request = match pending.take() {
+                        Some(r) => Some(r),
+                        None => tokio::select! {
+                            next = inbound.next() => match next {
+                                Some(Ok(r)) => Some(r),
+                                Some(Err(e)) => { tracing::info!(error = %e, "stream error"); break; }
+                                None => break,
+                            },
+                            changed = model.changed() => {
+                                if changed.is_err() { break; }
+                                None
+                            }
+                        },
+                    };
+                    let published = model.borrow_and_update().clone();
+                    let resources = server.resources(&ctx, &published);
+                    let mut sends: Vec<(String, bool)> = Vec::new();
+                    match request {
+                        Some(req) => {
+                            let type_url = req.type_url.clone();
+                            let is_new = !types.contains_key(&type_url);
+                            let t = types.entry(type_url.clone()).or_default();
+                            if is_new {
+                                t.wildcard = is_wildcard_type(&type_url) && req.resource_names_subscribe.is_empty();
+                                // A reconnecting proxy says what it has; do not resend that.
+                                for (name, version) in &req.initial_resource_versions {
+                                    t.known.insert(name.clone(), version.clone());
+                                }
+                            }
+                            let ack_or_nack = !req.response_nonce.is_empty();
+                            if ack_or_nack && req.response_nonce != t.nonce && req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty() {
+                                continue; // stale
+                            }
+                            proxy.record(&type_url, TypeStatus::from_delta(&req), published.version);
+                            for n in &req.resource_names_subscribe {
+                                if n == "*" { t.wildcard = true } else { t.subscribed.insert(n.clone()); }
+                            }
+                            for n in &req.resource_names_unsubscribe {
+                                if n == "*" { t.wildcard = false } else { t.subscribed.remove(n); t.known.remove(n); }
+                            }
+                            let subscription_changed = !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
+                            if is_new || subscription_changed {
+                                sends.push((type_url, is_new));
+                            }
+                        }
+                        None => sends.extend(TYPE_ORDER.iter().filter(|u| types.contains_key(**u)).map(|u| (u.to_string(), false))),
+                    }
+                    for (type_url, force) in sends {
+                        let Some(t) = types.get_mut(&type_url) else { continue };
+                        nonce += 1;
+                        if let Some(resp) = delta_response(t, &type_url, &resources, published.version, nonce, force) {
+                            proxy.sent(&type_url, &resp.system_version_info, &resp.nonce, published.version);
+                            if tx.send(Ok(resp)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                tracing::info!("proxy disconnected");
+                drop(proxy);
+            },
+            span,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
