@@ -361,3 +361,82 @@ impl AggregatedDiscoveryService for AdsService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::{Struct, Value};
+
+    fn any(bytes: &[u8]) -> Any {
+        Any { type_url: ENDPOINT_TYPE.into(), value: bytes.to_vec() }
+    }
+
+    fn resources(items: &[(&str, &[u8])]) -> Resources {
+        let mut r: Resources = BTreeMap::new();
+        let m = r.entry(ENDPOINT_TYPE).or_default();
+        for (n, b) in items {
+            m.insert(n.to_string(), any(b));
+        }
+        r
+    }
+
+    fn node(revision: Option<&str>) -> Node {
+        let mut fields = std::collections::HashMap::new();
+        if let Some(r) = revision {
+            fields.insert("REVMESH_REVISION".to_string(), Value { kind: Some(Kind::StringValue(r.into())) });
+        }
+        Node { id: "p1".into(), metadata: Some(Struct { fields }), ..Default::default() }
+    }
+
+    #[test]
+    fn revision_scoping() {
+        assert!(admit_node(Some(&node(Some("1-25-2"))), "1-25-2").is_ok());
+        let err = admit_node(Some(&node(Some("1-24-5"))), "1-25-2").expect_err("other revision");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("control-plane-1-24-5"), "{}", err.message());
+        assert_eq!(admit_node(Some(&node(None)), "1-25-2").expect_err("none").code(), tonic::Code::PermissionDenied);
+        assert_eq!(admit_node(None, "1-25-2").expect_err("no node").code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn sotw_sends_by_name_and_only_on_change() {
+        let mut t = SotwType { names: ["a".to_string()].into(), ..Default::default() };
+        let r1 = resources(&[("a", b"1"), ("b", b"2")]);
+        let resp = sotw_response(&mut t, ENDPOINT_TYPE, &r1, 1, true).expect("first response");
+        assert_eq!(resp.resources.len(), 1, "only the subscribed name");
+        assert_eq!(resp.nonce, "1");
+        // Same content: nothing to send.
+        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &r1, 2, false).is_none());
+        // A change to an unsubscribed resource: nothing either.
+        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"1"), ("b", b"3")]), 3, false).is_none());
+        // A change to the subscribed one: a new version and nonce.
+        let resp2 = sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"9")]), 4, false).expect("changed");
+        assert_ne!(resp2.version_info, resp.version_info);
+        assert_eq!(t.nonce, "4");
+    }
+
+    #[test]
+    fn delta_sends_changes_and_removals_and_honours_initial_versions() {
+        let mut t = DeltaType { wildcard: true, ..Default::default() };
+        let r1 = resources(&[("a", b"1"), ("b", b"2")]);
+        let first = delta_response(&mut t, ENDPOINT_TYPE, &r1, 1, 1, true).expect("initial");
+        assert_eq!(first.resources.len(), 2);
+        let r2 = resources(&[("a", b"1"), ("c", b"3")]);
+        let next = delta_response(&mut t, ENDPOINT_TYPE, &r2, 2, 2, false).expect("diff");
+        assert_eq!(next.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c"]);
+        assert_eq!(next.removed_resources, ["b"]);
+        assert!(delta_response(&mut t, ENDPOINT_TYPE, &r2, 3, 3, false).is_none());
+
+        // A reconnecting proxy that already has "a" at its version gets only "c".
+        let mut again = DeltaType { wildcard: true, ..Default::default() };
+        again.known.insert("a".into(), resource_version(&any(b"1")));
+        let resp = delta_response(&mut again, ENDPOINT_TYPE, &r2, 4, 1, true).expect("resync");
+        assert_eq!(resp.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c"]);
+
+        // Explicit subscription: unsubscribed names are removed.
+        let mut named = DeltaType { subscribed: ["a".to_string()].into(), ..Default::default() };
+        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2, 1, 1, true).expect("a").resources.len(), 1);
+        named.subscribed.clear();
+        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2, 2, 2, false).expect("removal").removed_resources, ["a"]);
+    }
+}
