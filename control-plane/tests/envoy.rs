@@ -249,4 +249,16 @@ fn envoy_routes_by_pushed_config_sotw_and_delta() {
     });
     let answer = via(sotw_port, "web.demo");
     assert!(matches!(answer.as_deref(), Some("backend-a" | "backend-b")), "{answer:?}");
+
+    // Two revisions side by side, each serving only its own proxies.
+    write(&mesh.join("web.yaml"), &split);
+    let cp2 = control_plane(dir.path(), &mesh, "dev2");
+    let (_next, next_port) = envoy(dir.path(), "envoy-dev2", cp2.xds, "dev2", true);
+    wait("the dev2 proxy to route", Duration::from_secs(30), || via(next_port, "web.demo").is_some());
+    let ids = |port: u16| -> Vec<String> {
+        let s: serde_json::Value = serde_json::from_str(&http_get(port, "/debug/syncz").unwrap_or_default()).unwrap_or_default();
+        s.as_array().into_iter().flatten().filter_map(|p| p["id"].as_str().map(str::to_string)).collect()
+    };
+    assert_eq!(ids(cp2.debug), ["envoy-dev2"]);
+    assert!(!ids(cp.debug).contains(&"envoy-dev2".to_string()));
 }
