@@ -1,7 +1,7 @@
 //! Flags, wiring and the debug endpoints of one control-plane revision.
 
 use crate::model::MeshModel;
-use crate::source::dir;
+use crate::source::{dir, kubernetes};
 use crate::status::ProxyRegistry;
 use crate::xds::{AdsServer, AdsService, Published};
 use anyhow::{bail, Context};
@@ -23,7 +23,8 @@ pub struct Settings {
     #[arg(long, env = "REVMESH_REVISION")]
     pub revision: String,
     /// Where the mesh comes from: `dir:PATH` (a watched folder of Service,
-    /// Endpoints, EndpointSlice and HTTPRoute manifests).
+    /// Endpoints, EndpointSlice and HTTPRoute manifests) or `kubernetes` (the
+    /// API server from KUBECONFIG or the in-cluster service account).
     #[arg(long, default_value = "dir:./examples/mesh")]
     pub source: String,
     /// Plaintext xDS (ADS) address.
@@ -35,6 +36,12 @@ pub struct Settings {
     /// How often the source folder is checked for changes.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Kubernetes source: quiet time after a change before pushing.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// Kubernetes source: longest a busy cluster can delay a push.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub debounce_max: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -58,28 +65,33 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if !rollouts_compatible_revision(&settings.revision) {
         bail!("--revision {:?} is not a DNS label (for example 1-25-2)", settings.revision);
     }
-    let Some(path) = settings.source.strip_prefix("dir:") else {
-        bail!("--source {:?} is not supported yet: use dir:PATH (the Kubernetes source is not built yet)", settings.source);
-    };
-    let root = PathBuf::from(path);
-    let (model, files) = dir::load(&root)?;
     let registry = ProxyRegistry::new(&settings.revision);
-    registry.model_published(1);
-    let (tx, rx) = watch::channel(Arc::new(Published { version: 1, model }));
-
+    let (tx, rx) = watch::channel(Arc::new(Published::default()));
     let publish_registry = Arc::clone(&registry);
-    let refuse_registry = Arc::clone(&registry);
-    tokio::spawn(dir::watch(
-        root,
-        files,
-        settings.poll_interval,
-        move |model: MeshModel| {
-            let version = tx.borrow().version + 1;
-            publish_registry.model_published(version);
-            tx.send_replace(Arc::new(Published { version, model }));
-        },
-        move |_errors| refuse_registry.config_refused(),
-    ));
+    let publish = move |model: MeshModel| {
+        let version = tx.borrow().version + 1;
+        publish_registry.model_published(version);
+        tx.send_replace(Arc::new(Published { version, model }));
+    };
+    if let Some(path) = settings.source.strip_prefix("dir:") {
+        let root = PathBuf::from(path);
+        let (model, files) = dir::load(&root)?;
+        publish(model);
+        let refuse_registry = Arc::clone(&registry);
+        tokio::spawn(dir::watch(root, files, settings.poll_interval, publish, move |_errors| refuse_registry.config_refused()));
+    } else if settings.source == "kubernetes" {
+        // kube's TLS goes through rustls; pick its crypto provider once per process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+        let debounce = kubernetes::Debounce { quiet: settings.debounce, max: settings.debounce_max };
+        tokio::spawn(async move {
+            if let Err(e) = kubernetes::run(client, debounce, publish).await {
+                tracing::error!(error = %e, "the Kubernetes source stopped");
+            }
+        });
+    } else {
+        bail!("--source {:?} is not a source: use dir:PATH or kubernetes", settings.source);
+    }
 
     let server = Arc::new(AdsServer::new(settings.revision.clone(), rx, Arc::clone(&registry)));
     let debug = tokio::net::TcpListener::bind(settings.debug_listen).await.with_context(|| format!("binding {}", settings.debug_listen))?;

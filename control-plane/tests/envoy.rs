@@ -1,150 +1,10 @@
 //! Real Envoy 1.40 as the reference xDS client of the control plane (dir
 //! source), routing curl's requests to real nginx backends.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::*;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    kube_harness::free_port().expect("free port")
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn need(tool: &str, install: &str) {
-    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-    assert!(found, "{tool} is not installed; install it with: {install}");
-}
-
-/// An nginx answering every request with `body`.
-fn nginx(dir: &Path, name: &str, body: &str) -> (Proc, u16) {
-    let port = free_port();
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).expect("dir");
-    let conf = format!(
-        "master_process off; daemon off; pid {p}/nginx.pid; error_log {p}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{ access_log off; client_body_temp_path {p}; proxy_temp_path {p}; fastcgi_temp_path {p}; uwsgi_temp_path {p}; scgi_temp_path {p};\n  server {{ listen 127.0.0.1:{port}; location / {{ return 200 '{body}'; }} }} }}\n",
-        p = d.display()
-    );
-    std::fs::write(d.join("nginx.conf"), conf).expect("conf");
-    let child = Command::new("nginx").args(["-c", &d.join("nginx.conf").display().to_string(), "-p", &d.display().to_string()]).stderr(Stdio::null()).spawn().expect("nginx starts");
-    (Proc(child), port)
-}
-
-fn write(path: &Path, text: &str) {
-    // Write then rename, as a GitOps sync would, so the watcher never reads half a file.
-    let tmp = path.with_extension("tmp");
-    std::fs::File::create(&tmp).and_then(|mut f| f.write_all(text.as_bytes())).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
-fn service(name: &str) -> String {
-    let ip = 10 + name.len(); // distinct per test service name
-    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  clusterIP: 10.96.0.{ip}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n")
-}
-
-fn endpoints(name: &str, ports: &[u16]) -> String {
-    let subsets: Vec<String> = ports.iter().map(|p| format!("  - addresses: [{{ip: 127.0.0.1}}]\n    ports: [{{name: http, port: {p}}}]\n")).collect();
-    format!("apiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}, namespace: demo}}\nsubsets:\n{}", subsets.concat())
-}
-
-struct ControlPlane {
-    _proc: Proc,
-    xds: u16,
-    debug: u16,
-    log: PathBuf,
-}
-
-fn control_plane(dir: &Path, mesh: &Path, revision: &str) -> ControlPlane {
-    let (xds, debug) = (free_port(), free_port());
-    let log = dir.join(format!("control-plane-{revision}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
-        .args(["--revision", revision, "--source", &format!("dir:{}", mesh.display())])
-        .args(["--xds-listen", &format!("127.0.0.1:{xds}"), "--debug-listen", &format!("127.0.0.1:{debug}"), "--poll-interval", "100ms"])
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("control plane starts");
-    let cp = ControlPlane { _proc: Proc(child), xds, debug, log };
-    wait("control plane debug port", Duration::from_secs(20), || http_get(cp.debug, "/ready").is_some());
-    cp
-}
-
-/// Envoy bootstrapped to ADS on the control plane; `delta` picks DELTA_GRPC.
-fn envoy(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool) -> (Proc, u16) {
-    let (listen, admin) = (free_port(), free_port());
-    let bootstrap = format!(
-        r#"node:
-  id: {name}
-  cluster: test
-  metadata: {{REVMESH_REVISION: "{revision}", REVMESH_OUTBOUND_ADDRESS: "127.0.0.1:{listen}", REVMESH_INTERCEPTION: NONE}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
-"#,
-        api = if delta { "DELTA_GRPC" } else { "GRPC" }
-    );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, bootstrap).expect("bootstrap");
-    let child = Command::new("envoy")
-        .args(["-c", &path.display().to_string(), "--base-id", &free_port().to_string(), "-l", "warning", "--concurrency", "1"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).expect("log"))
-        .spawn()
-        .expect("envoy starts");
-    (Proc(child), listen)
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let out = Command::new("curl").args(["-s", "--max-time", "2", &format!("http://127.0.0.1:{port}{path}")]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// GET through Envoy with a Host header; the body, if the status was 200.
-fn via(listen: u16, host: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "2", "-H", &format!("Host: {host}"), "-w", "\n%{http_code}", &format!("http://127.0.0.1:{listen}/")])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n')?;
-    (code == "200").then(|| body.to_string())
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
 
 #[test]
 fn envoy_routes_by_pushed_config_sotw_and_delta() {
@@ -159,9 +19,9 @@ fn envoy_routes_by_pushed_config_sotw_and_delta() {
     write(&mesh.join("web.yaml"), &format!("{}---\n{}", service("web"), endpoints("web", &[port_a])));
 
     let cp = control_plane(dir.path(), &mesh, "dev");
-    let (_sotw, sotw_port) = envoy(dir.path(), "envoy-sotw", cp.xds, "dev", false);
-    let (_delta, delta_port) = envoy(dir.path(), "envoy-delta", cp.xds, "dev", true);
-    let (_other, other_port) = envoy(dir.path(), "envoy-other-revision", cp.xds, "9-9-9", false);
+    let (_sotw, sotw_port, _) = envoy(dir.path(), "envoy-sotw", cp.xds, "dev", false);
+    let (_delta, delta_port, _) = envoy(dir.path(), "envoy-delta", cp.xds, "dev", true);
+    let (_other, other_port, _) = envoy(dir.path(), "envoy-other-revision", cp.xds, "9-9-9", false);
 
     // curl through Envoy reaches nginx, with both protocol variants.
     for port in [sotw_port, delta_port] {
@@ -253,7 +113,7 @@ fn envoy_routes_by_pushed_config_sotw_and_delta() {
     // Two revisions side by side, each serving only its own proxies.
     write(&mesh.join("web.yaml"), &split);
     let cp2 = control_plane(dir.path(), &mesh, "dev2");
-    let (_next, next_port) = envoy(dir.path(), "envoy-dev2", cp2.xds, "dev2", true);
+    let (_next, next_port, _) = envoy(dir.path(), "envoy-dev2", cp2.xds, "dev2", true);
     wait("the dev2 proxy to route", Duration::from_secs(30), || via(next_port, "web.demo").is_some());
     let ids = |port: u16| -> Vec<String> {
         let s: serde_json::Value = serde_json::from_str(&http_get(port, "/debug/syncz").unwrap_or_default()).unwrap_or_default();

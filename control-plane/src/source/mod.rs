@@ -1,4 +1,5 @@
 //! Sources of the mesh model.
 
 pub mod dir;
+pub mod kubernetes;
 pub mod manifests;

