@@ -7,6 +7,8 @@
 //! * [`status`]: per-proxy sync state, metrics.
 //! * [`run`]: wiring, flags and the debug endpoints.
 
+pub mod ca;
+pub mod ca_server;
 pub mod model;
 pub mod run;
 pub mod source;

@@ -1,6 +1,8 @@
 //! Flags, wiring and the debug endpoints of one control-plane revision.
 
 use crate::model::MeshModel;
+use crate::ca::{parse_bootstrap_tokens, Ca};
+use crate::ca_server::{self, Authenticator, CaService};
 use crate::source::{dir, kubernetes};
 use crate::status::ProxyRegistry;
 use crate::xds::{AdsServer, AdsService, Published};
@@ -42,6 +44,28 @@ pub struct Settings {
     /// Kubernetes source: longest a busy cluster can delay a push.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub debounce_max: Duration,
+    /// HTTPS address of the CA (POST /v1/certificate, GET /v1/root).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    pub ca_listen: SocketAddr,
+    /// SPIFFE trust domain of issued identities.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Root certificate (PEM) of the mesh CA; with --ca-key. A fresh root is
+    /// generated when absent (development only: it changes at every start).
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// Private key (PEM) of the mesh CA.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Audience the proxies' projected tokens must carry (Kubernetes source).
+    #[arg(long, default_value = "revmesh-ca")]
+    pub ca_audience: String,
+    /// Dir source: bootstrap tokens, lines of `<token> <namespace>/<serviceaccount>`.
+    #[arg(long)]
+    pub ca_bootstrap_tokens: Option<PathBuf>,
+    /// Lifetime of issued certificates unless the request asks for less.
+    #[arg(long, default_value = "3600s", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -73,6 +97,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         publish_registry.model_published(version);
         tx.send_replace(Arc::new(Published { version, model }));
     };
+    let mut kube_client: Option<kube::Client> = None;
     if let Some(path) = settings.source.strip_prefix("dir:") {
         let root = PathBuf::from(path);
         let (model, files) = dir::load(&root)?;
@@ -83,6 +108,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         // kube's TLS goes through rustls; pick its crypto provider once per process.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+        kube_client = Some(client.clone());
         let debounce = kubernetes::Debounce { quiet: settings.debounce, max: settings.debounce_max };
         tokio::spawn(async move {
             if let Err(e) = kubernetes::run(client, debounce, publish).await {
@@ -92,6 +118,36 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         bail!("--source {:?} is not a source: use dir:PATH or kubernetes", settings.source);
     }
+
+    let ca = match (&settings.ca_cert, &settings.ca_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+            Ca::from_pem(&read(cert)?, &read(key)?, &settings.trust_domain)?
+        }
+        _ => {
+            tracing::warn!("no --ca-cert/--ca-key: generated a throwaway root CA (development only)");
+            Ca::generate(&settings.trust_domain)?
+        }
+    };
+    let auth = match (kube_client, &settings.ca_bootstrap_tokens) {
+        (Some(client), _) => Authenticator::TokenReview { client, audience: settings.ca_audience.clone() },
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            Authenticator::Bootstrap(parse_bootstrap_tokens(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?)
+        }
+        (None, None) => {
+            tracing::warn!("dir source without --ca-bootstrap-tokens: the CA refuses every certificate request");
+            Authenticator::Bootstrap(Default::default())
+        }
+    };
+    let ca_listener = tokio::net::TcpListener::bind(settings.ca_listen).await.with_context(|| format!("binding {}", settings.ca_listen))?;
+    let ca_names = vec![format!("control-plane-{}.revmesh-system.svc", settings.revision), "localhost".to_string()];
+    let ca_service = Arc::new(CaService { ca, auth, default_ttl: settings.cert_ttl });
+    tokio::spawn(async move {
+        if let Err(e) = ca_server::serve(ca_listener, ca_service, ca_names).await {
+            tracing::error!(error = %e, "the CA endpoint stopped");
+        }
+    });
 
     let server = Arc::new(AdsServer::new(settings.revision.clone(), rx, Arc::clone(&registry)));
     let debug = tokio::net::TcpListener::bind(settings.debug_listen).await.with_context(|| format!("binding {}", settings.debug_listen))?;

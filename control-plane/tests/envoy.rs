@@ -122,3 +122,21 @@ fn envoy_routes_by_pushed_config_sotw_and_delta() {
     assert_eq!(ids(cp2.debug), ["envoy-dev2"]);
     assert!(!ids(cp.debug).contains(&"envoy-dev2".to_string()));
 }
+
+#[test]
+fn dir_mode_ca_issues_for_bootstrap_tokens_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = dir.path().join("mesh");
+    std::fs::create_dir_all(&mesh).expect("mesh dir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# token namespace/serviceaccount\nbootstrap-token-0123456789 shop/web\n").expect("tokens");
+    let cp = control_plane_with(dir.path(), &format!("dir:{}", mesh.display()), "dev", &[], &["--ca-bootstrap-tokens", &tokens.display().to_string()]);
+    let csr = openssl_csr(dir.path(), "w");
+    let (status, body) = request_certificate(dir.path(), cp.ca, Some("bootstrap-token-0123456789"), &csr);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["identity"], "spiffe://cluster.local/ns/shop/sa/web");
+    assert!(body["root"].as_str().is_some_and(|r| r.contains("BEGIN CERTIFICATE")));
+    assert_eq!(request_certificate(dir.path(), cp.ca, Some("bootstrap-token-wrong00000"), &csr).0, 401);
+    let (status, body) = request_certificate(dir.path(), cp.ca, Some("bootstrap-token-0123456789"), "not a csr");
+    assert_eq!(status, 400, "{body}");
+}

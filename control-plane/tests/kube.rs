@@ -38,7 +38,7 @@ fn kubernetes_source_feeds_envoy_from_a_real_apiserver() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = cluster.kubeconfig.display().to_string();
-    let cp = control_plane_with(dir.path(), "kubernetes", "dev", &[("KUBECONFIG", &kubeconfig)]);
+    let cp = control_plane_with(dir.path(), "kubernetes", "dev", &[("KUBECONFIG", &kubeconfig)], &[]);
     let (_envoy, _listen, admin) = envoy(dir.path(), "envoy-kube", cp.xds, "dev", true);
     let name = "outbound|80||web.demo.svc.cluster.local";
     wait("Envoy to learn the Endpoints from the API server", Duration::from_secs(30), || envoy_hosts(admin, name) == ["192.0.2.10:8080"]);
@@ -51,7 +51,24 @@ fn kubernetes_source_feeds_envoy_from_a_real_apiserver() {
     // A Service deleted in the cluster is removed from Envoy (Delta removal).
     cluster.kubectl(&["delete", "service", "web", "-n", "demo"]).expect("delete");
     wait("the cluster to be removed", Duration::from_secs(10), || !http_get(admin, "/clusters").unwrap_or_default().contains(name));
+    // The CA: a projected-style token (TokenRequest, audience revmesh-ca) is
+    // reviewed by the API server and the certificate names that service account.
+    cluster.wait_for_service_account("demo").expect("demo service account");
+    let token = cluster.kubectl(&["create", "token", "default", "-n", "demo", "--audience", "revmesh-ca"]).expect("token request");
+    let csr = openssl_csr(dir.path(), "workload");
+    let (status, body) = request_certificate(dir.path(), cp.ca, Some(token.trim()), &csr);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["identity"], "spiffe://cluster.local/ns/demo/sa/default");
+    let sans = san_uris(dir.path(), body["certificateChain"].as_str().expect("chain"));
+    assert!(sans.contains("URI:spiffe://cluster.local/ns/demo/sa/default") && !sans.contains("ignored.example"), "{sans}");
+    // A token for another audience, a garbage token, or none: refused.
+    let wrong = cluster.kubectl(&["create", "token", "default", "-n", "demo", "--audience", "someone-else"]).expect("token request");
+    assert_eq!(request_certificate(dir.path(), cp.ca, Some(wrong.trim()), &csr).0, 401);
+    assert_eq!(request_certificate(dir.path(), cp.ca, Some("not-a-token"), &csr).0, 401);
+    assert_eq!(request_certificate(dir.path(), cp.ca, None, &csr).0, 401);
     let log = std::fs::read_to_string(&cp.log).unwrap_or_default();
+    assert!(!log.contains(token.trim()), "a token reached the log");
+
     assert!(log.contains("reading v1 Endpoints"), "1.20 serves no discovery.k8s.io/v1 slices: {log}");
     cluster.check_alive().expect("cluster alive");
 }

@@ -60,25 +60,27 @@ pub struct ControlPlane {
     pub proc: Proc,
     pub xds: u16,
     pub debug: u16,
+    pub ca: u16,
     pub log: PathBuf,
 }
 
 pub fn control_plane(dir: &Path, mesh: &Path, revision: &str) -> ControlPlane {
-    control_plane_with(dir, &format!("dir:{}", mesh.display()), revision, &[])
+    control_plane_with(dir, &format!("dir:{}", mesh.display()), revision, &[], &[])
 }
 
 /// The control-plane binary with any `--source` and extra environment.
-pub fn control_plane_with(dir: &Path, source: &str, revision: &str, env: &[(&str, &str)]) -> ControlPlane {
-    let (xds, debug) = (free_port(), free_port());
+pub fn control_plane_with(dir: &Path, source: &str, revision: &str, env: &[(&str, &str)], args: &[&str]) -> ControlPlane {
+    let (xds, debug, ca) = (free_port(), free_port(), free_port());
     let log = dir.join(format!("control-plane-{revision}.log"));
     let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
-        .args(["--revision", revision, "--source", source])
+        .args(["--revision", revision, "--source", source, "--ca-listen", &format!("127.0.0.1:{ca}")])
+        .args(args)
         .envs(env.iter().copied())
         .args(["--xds-listen", &format!("127.0.0.1:{xds}"), "--debug-listen", &format!("127.0.0.1:{debug}"), "--poll-interval", "100ms"])
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("control plane starts");
-    let cp = ControlPlane { proc: Proc(child), xds, debug, log };
+    let cp = ControlPlane { proc: Proc(child), xds, debug, ca, log };
     wait("control plane debug port", Duration::from_secs(20), || http_get(cp.debug, "/ready").is_some());
     cp
 }
@@ -153,3 +155,47 @@ pub fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Durat
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+
+/// A fresh EC key and CSR from openssl; returns the CSR PEM.
+pub fn openssl_csr(dir: &Path, name: &str) -> String {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let ok = Command::new("openssl")
+        .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=ignored.example"])
+        .args(["-keyout", &key.display().to_string(), "-out", &csr.display().to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs")
+        .success();
+    assert!(ok, "openssl req failed");
+    std::fs::read_to_string(csr).expect("csr")
+}
+
+/// POSTs a CSR to the CA over HTTPS: (status, JSON body).
+pub fn request_certificate(dir: &Path, ca_port: u16, token: Option<&str>, csr: &str) -> (u16, serde_json::Value) {
+    let root = dir.join(format!("root-{ca_port}.pem"));
+    if !root.exists() {
+        // Trust on first use, as a proxy does with the root the webhook mounts.
+        let out = Command::new("curl").args(["-sk", &format!("https://127.0.0.1:{ca_port}/v1/root")]).output().expect("curl");
+        std::fs::write(&root, &out.stdout).expect("root");
+    }
+    let body = dir.join("csr.json");
+    std::fs::write(&body, serde_json::json!({"csr": csr, "ttlSeconds": 600}).to_string()).expect("body");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--cacert", &root.display().to_string(), "-X", "POST", "--data-binary", &format!("@{}", body.display()), "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd.arg(format!("https://127.0.0.1:{ca_port}/v1/certificate")).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), serde_json::from_str(json).unwrap_or_default())
+}
+
+/// The SAN URIs of a PEM certificate, via openssl.
+pub fn san_uris(dir: &Path, pem: &str) -> String {
+    let path = dir.join("issued.pem");
+    std::fs::write(&path, pem).expect("write");
+    let out = Command::new("openssl").args(["x509", "-noout", "-ext", "subjectAltName", "-in", &path.display().to_string()]).output().expect("openssl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

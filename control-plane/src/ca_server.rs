@@ -1,0 +1,159 @@
+//! The CA's HTTPS endpoint and the ways a caller proves who it is.
+
+use crate::ca::{Ca, Identity};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MAX_BODY: usize = 64 * 1024;
+
+pub enum Authenticator {
+    /// Dir mode: tokens from a file, each bound to one identity.
+    Bootstrap(HashMap<String, Identity>),
+    /// Kubernetes mode: a TokenReview of the projected service-account token.
+    TokenReview { client: kube::Client, audience: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the token was not accepted")]
+    Rejected,
+    #[error("the token is not a service account's")]
+    NotAServiceAccount,
+    #[error("the token could not be reviewed: {0}")]
+    Review(String),
+}
+
+impl Authenticator {
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        match self {
+            Authenticator::Bootstrap(tokens) => tokens.get(token).cloned().ok_or(AuthError::Rejected),
+            Authenticator::TokenReview { client, audience } => {
+                let review = TokenReview {
+                    spec: TokenReviewSpec { token: token.to_string(), audiences: Some(vec![audience.clone()]) },
+                    ..Default::default()
+                };
+                let api: Api<TokenReview> = Api::all(client.clone());
+                let result = api.create(&PostParams::default(), &review).await.map_err(|e| AuthError::Review(e.to_string()))?;
+                let status = result.status.ok_or(AuthError::Rejected)?;
+                if status.authenticated != Some(true) {
+                    return Err(AuthError::Rejected);
+                }
+                if let Some(auds) = &status.audiences {
+                    if !auds.iter().any(|a| a == audience) {
+                        return Err(AuthError::Rejected);
+                    }
+                }
+                let user = status.user.and_then(|u| u.username).ok_or(AuthError::NotAServiceAccount)?;
+                Identity::from_service_account_username(&user).ok_or(AuthError::NotAServiceAccount)
+            }
+        }
+    }
+}
+
+pub struct CaService {
+    pub ca: Ca,
+    pub auth: Authenticator,
+    pub default_ttl: Duration,
+}
+
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    reply(status, "application/json", json!({"error": message}).to_string())
+}
+
+async fn handle(req: Request<Incoming>, svc: Arc<CaService>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/v1/root") => reply(StatusCode::OK, "application/x-pem-file", svc.ca.root_pem().to_string()),
+        (&Method::POST, "/v1/certificate") => {
+            let token = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            let Some(token) = token else {
+                return error(StatusCode::UNAUTHORIZED, "send the workload's token as Authorization: Bearer <token>");
+            };
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the request exceeds 64 KiB"),
+            };
+            let request: serde_json::Value = match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body is not JSON: {e}")),
+            };
+            let Some(csr) = request["csr"].as_str() else {
+                return error(StatusCode::BAD_REQUEST, "the body needs \"csr\": a PEM certificate signing request");
+            };
+            let ttl = request["ttlSeconds"].as_u64().map(Duration::from_secs).unwrap_or(svc.default_ttl);
+            let identity = match svc.auth.authenticate(&token).await {
+                Ok(i) => i,
+                Err(e @ AuthError::Review(_)) => {
+                    tracing::error!(error = %e, "TokenReview failed");
+                    return error(StatusCode::SERVICE_UNAVAILABLE, "the token could not be reviewed; retry");
+                }
+                Err(e) => {
+                    tracing::info!(reason = %e, "certificate request refused");
+                    return error(StatusCode::UNAUTHORIZED, &e.to_string());
+                }
+            };
+            match svc.ca.sign(csr, &identity, ttl) {
+                Ok((pem, not_after)) => {
+                    let uri = identity.spiffe(&svc.ca.trust_domain);
+                    tracing::info!(identity = %uri, "certificate issued");
+                    reply(
+                        StatusCode::OK,
+                        "application/json",
+                        json!({"certificateChain": pem, "root": svc.ca.root_pem(), "identity": uri, "notAfterUnixSeconds": not_after.unix_timestamp()}).to_string(),
+                    )
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+            }
+        }
+        (_, "/v1/root" | "/v1/certificate") => error(StatusCode::METHOD_NOT_ALLOWED, "GET /v1/root, POST /v1/certificate"),
+        _ => error(StatusCode::NOT_FOUND, "GET /v1/root, POST /v1/certificate"),
+    }
+}
+
+/// Serves the CA over TLS with a certificate it issues itself.
+pub async fn serve(listener: tokio::net::TcpListener, svc: Arc<CaService>, dns_names: Vec<String>) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    let (cert_pem, key_pem) = svc.ca.serving_cert(&dns_names)?;
+    let mut chain: Vec<rustls::pki_types::CertificateDer<'static>> = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    chain.extend(rustls::pki_types::CertificateDer::pem_slice_iter(svc.ca.root_pem().as_bytes()).collect::<Result<Vec<_>, _>>()?);
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_no_client_auth().with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let acceptor = acceptor.clone();
+        let svc = Arc::clone(&svc);
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let service = hyper::service::service_fn(move |req| {
+                let svc = Arc::clone(&svc);
+                async move { Ok::<_, std::convert::Infallible>(handle(req, svc).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await;
+        });
+    }
+}
