@@ -348,3 +348,118 @@ fn outbound_listener(model: &MeshModel, proxy: &ProxyContext) -> Listener {
         ..Default::default()
     }
 }
+
+pub const INBOUND_LISTENER: &str = "inbound";
+/// The inbound capture port of a sidecar (iptables REDIRECT target).
+pub const INBOUND_PORT: u16 = 15006;
+
+pub fn inbound_cluster_name(port: u16) -> String {
+    format!("inbound|{port}||")
+}
+
+/// The resources that belong to one proxy alone: its workload's ports, found by
+/// matching its addresses against the endpoints of every service. A listener on
+/// the inbound capture port sends each port to the app on localhost. Nothing is
+/// produced for a proxy that is not captured, or that backs no service.
+pub fn inbound(model: &MeshModel, instance_ips: &[std::net::IpAddr], proxy: &ProxyContext) -> Resources {
+    let mut out: Resources = BTreeMap::new();
+    if !proxy.captured || instance_ips.is_empty() {
+        return out;
+    }
+    let mut ports: BTreeMap<u16, Protocol> = BTreeMap::new();
+    for svc in model.services.values() {
+        let Some(eps) = model.endpoints.get(&svc.key) else { continue };
+        for ep in eps.iter().filter(|e| instance_ips.contains(&e.ip)) {
+            for sp in &svc.ports {
+                if let Some(p) = endpoint_port(sp, ep) {
+                    ports.entry(p).or_insert(sp.protocol);
+                }
+            }
+        }
+    }
+    if ports.is_empty() {
+        return out;
+    }
+    let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
+    let clusters = out.entry(CLUSTER_TYPE).or_default();
+    for port in ports.keys() {
+        let name = inbound_cluster_name(*port);
+        let c = Cluster {
+            name: name.clone(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
+            connect_timeout: Some(duration(std::time::Duration::from_secs(1))),
+            load_assignment: Some(ClusterLoadAssignment {
+                cluster_name: name.clone(),
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_endpoints: vec![LbEndpoint {
+                        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint { address: Some(socket(localhost, *port)), ..Default::default() })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        clusters.insert(name, pack(&c));
+    }
+    let filter_chains = ports
+        .iter()
+        .map(|(port, protocol)| {
+            let cluster = inbound_cluster_name(*port);
+            let filter = if *protocol == Protocol::Tcp {
+                let tcp = TcpProxy { stat_prefix: cluster.clone(), cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.clone())), ..Default::default() };
+                Filter { name: "envoy.filters.network.tcp_proxy".into(), config_type: Some(filter::ConfigType::TypedConfig(pack(&tcp))) }
+            } else {
+                let routes = RouteConfiguration {
+                    name: cluster.clone(),
+                    virtual_hosts: vec![VirtualHost {
+                        name: cluster.clone(),
+                        domains: vec!["*".into()],
+                        routes: vec![Route {
+                            r#match: Some(envoy_match(&RouteMatch::default())),
+                            action: Some(route::Action::Route(RouteAction {
+                                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.clone())),
+                                timeout: Some(duration(std::time::Duration::ZERO)),
+                                ..Default::default()
+                            })),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                let hcm = HttpConnectionManager {
+                    stat_prefix: cluster.clone(),
+                    route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
+                    http_filters: vec![HttpFilter {
+                        name: "envoy.filters.http.router".into(),
+                        config_type: Some(http_filter::ConfigType::TypedConfig(pack(&Router::default()))),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                Filter { name: "envoy.filters.network.http_connection_manager".into(), config_type: Some(filter::ConfigType::TypedConfig(pack(&hcm))) }
+            };
+            FilterChain {
+                name: cluster,
+                filter_chain_match: Some(FilterChainMatch { destination_port: Some(UInt32Value { value: u32::from(*port) }), ..Default::default() }),
+                filters: vec![filter],
+                ..Default::default()
+            }
+        })
+        .collect();
+    let listener = Listener {
+        name: INBOUND_LISTENER.into(),
+        address: Some(socket(std::net::IpAddr::from([0, 0, 0, 0]), INBOUND_PORT)),
+        filter_chains,
+        listener_filters: vec![ListenerFilter {
+            name: "envoy.filters.listener.original_dst".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pack(&OriginalDst::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    out.entry(LISTENER_TYPE).or_default().insert(INBOUND_LISTENER.into(), pack(&listener));
+    out
+}

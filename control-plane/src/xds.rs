@@ -71,7 +71,7 @@ fn metadata_string(node: &Node, key: &str) -> Option<String> {
 }
 
 /// Checks the proxy's revision and reads its translation context.
-pub fn admit_node(node: Option<&Node>, revision: &str) -> Result<(String, ProxyContext), Status> {
+pub fn admit_node(node: Option<&Node>, revision: &str) -> Result<(String, ProxyContext, Vec<std::net::IpAddr>), Status> {
     let node = node.ok_or_else(|| Status::invalid_argument("the first request on a stream must carry the node (id and metadata)"))?;
     match metadata_string(node, "REVMESH_REVISION") {
         Some(r) if r == revision => {}
@@ -101,11 +101,16 @@ pub fn admit_node(node: Option<&Node>, revision: &str) -> Result<(String, ProxyC
             other => return Err(Status::invalid_argument(format!("node metadata REVMESH_INTERCEPTION {other:?} is not REDIRECT or NONE"))),
         };
     }
-    Ok((node.id.clone(), ctx))
+    // Istio's name for the pod's addresses: they select the inbound ports.
+    let mut ips = Vec::new();
+    for ip in metadata_string(node, "INSTANCE_IPS").unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        ips.push(ip.parse().map_err(|_| Status::invalid_argument(format!("node metadata INSTANCE_IPS entry {ip:?} is not an IP address")))?);
+    }
+    Ok((node.id.clone(), ctx, ips))
 }
 
 /// Content version of a set of resources.
-fn version_of<'a>(items: impl Iterator<Item = (&'a String, &'a Any)>) -> String {
+fn version_of<'a>(items: impl Iterator<Item = (&'a str, &'a Any)>) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     for (name, any) in items {
         h.update(name.as_bytes());
@@ -117,6 +122,29 @@ fn version_of<'a>(items: impl Iterator<Item = (&'a String, &'a Any)>) -> String 
 
 fn resource_version(any: &Any) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&any.value))
+}
+
+/// One type's resources as a proxy sees them: the shared outbound set plus its
+/// own inbound resources, by name.
+pub type TypeView<'a> = BTreeMap<&'a str, &'a Any>;
+
+/// A proxy's resources: translated once per proxy context and shared, plus the
+/// few that belong to this proxy alone.
+pub struct ProxyResources {
+    pub shared: Arc<Resources>,
+    pub own: Resources,
+}
+
+impl ProxyResources {
+    pub fn of_type(&self, type_url: &str) -> TypeView<'_> {
+        let mut view: TypeView<'_> = BTreeMap::new();
+        for source in [&*self.shared, &self.own] {
+            if let Some(m) = source.get(type_url) {
+                view.extend(m.iter().map(|(n, a)| (n.as_str(), a)));
+            }
+        }
+        view
+    }
 }
 
 fn is_wildcard_type(type_url: &str) -> bool {
@@ -132,10 +160,8 @@ struct SotwType {
 }
 
 /// The State-of-the-World response for one type, if it differs from what was sent.
-fn sotw_response(t: &mut SotwType, type_url: &str, all: &Resources, nonce: u64, force: bool) -> Option<DiscoveryResponse> {
-    let empty = BTreeMap::new();
-    let of_type = all.get(type_url).unwrap_or(&empty);
-    let chosen: Vec<(&String, &Any)> = of_type.iter().filter(|(n, _)| t.wildcard || t.names.contains(*n)).collect();
+fn sotw_response(t: &mut SotwType, type_url: &str, of_type: &TypeView<'_>, nonce: u64, force: bool) -> Option<DiscoveryResponse> {
+    let chosen: Vec<(&str, &Any)> = of_type.iter().map(|(n, a)| (*n, *a)).filter(|(n, _)| t.wildcard || t.names.contains(*n)).collect();
     let version = version_of(chosen.iter().copied());
     if !force && t.sent_version.as_deref() == Some(version.as_str()) {
         return None;
@@ -161,21 +187,19 @@ struct DeltaType {
 }
 
 /// The Delta response for one type: changed and removed resources, if any.
-fn delta_response(t: &mut DeltaType, type_url: &str, all: &Resources, system_version: u64, nonce: u64, force: bool) -> Option<DeltaDiscoveryResponse> {
-    let empty = BTreeMap::new();
-    let of_type = all.get(type_url).unwrap_or(&empty);
+fn delta_response(t: &mut DeltaType, type_url: &str, of_type: &TypeView<'_>, system_version: u64, nonce: u64, force: bool) -> Option<DeltaDiscoveryResponse> {
     let mut resources = Vec::new();
-    for (name, any) in of_type.iter().filter(|(n, _)| t.wildcard || t.subscribed.contains(*n)) {
+    for (name, any) in of_type.iter().filter(|(n, _)| t.wildcard || t.subscribed.contains(**n)) {
         let version = resource_version(any);
-        if t.known.get(name) != Some(&version) {
-            t.known.insert(name.clone(), version.clone());
-            resources.push(Resource { name: name.clone(), version, resource: Some(any.clone()), ..Default::default() });
+        if t.known.get(*name) != Some(&version) {
+            t.known.insert(name.to_string(), version.clone());
+            resources.push(Resource { name: name.to_string(), version, resource: Some((*any).clone()), ..Default::default() });
         }
     }
     let removed: Vec<String> = t
         .known
         .keys()
-        .filter(|n| !of_type.contains_key(*n) || !(t.wildcard || t.subscribed.contains(*n)))
+        .filter(|n| !of_type.contains_key(n.as_str()) || !(t.wildcard || t.subscribed.contains(*n)))
         .cloned()
         .collect();
     for n in &removed {
@@ -210,7 +234,7 @@ impl AggregatedDiscoveryService for AdsService {
     async fn stream_aggregated_resources(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<SotwStream>, Status> {
         let mut inbound = request.into_inner();
         let first = inbound.next().await.ok_or_else(|| Status::invalid_argument("the stream closed before its first request"))??;
-        let (node_id, ctx) = admit_node(first.node.as_ref(), &self.0.revision)?;
+        let (node_id, ctx, ips) = admit_node(first.node.as_ref(), &self.0.revision)?;
         let (tx, rx) = mpsc::channel(16);
         let server = Arc::clone(&self.0);
         let proxy = server.registry.connect(&node_id, &server.revision, "sotw");
@@ -238,7 +262,7 @@ impl AggregatedDiscoveryService for AdsService {
                         },
                     };
                     let published = model.borrow_and_update().clone();
-                    let resources = server.resources(&ctx, &published);
+                    let resources = ProxyResources { shared: server.resources(&ctx, &published), own: translate::inbound(&published.model, &ips, &ctx) };
                     let mut sends: Vec<(String, bool)> = Vec::new();
                     match request {
                         Some(req) => {
@@ -263,7 +287,7 @@ impl AggregatedDiscoveryService for AdsService {
                     for (type_url, first_time) in sends {
                         let Some(t) = types.get_mut(&type_url) else { continue };
                         nonce += 1;
-                        if let Some(resp) = sotw_response(t, &type_url, &resources, nonce, first_time) {
+                        if let Some(resp) = sotw_response(t, &type_url, &resources.of_type(&type_url), nonce, first_time) {
                             proxy.sent(&type_url, &resp.version_info, &resp.nonce, published.version);
                             if tx.send(Ok(resp)).await.is_err() {
                                 return;
@@ -282,7 +306,7 @@ impl AggregatedDiscoveryService for AdsService {
     async fn delta_aggregated_resources(&self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<DeltaStream>, Status> {
         let mut inbound = request.into_inner();
         let first = inbound.next().await.ok_or_else(|| Status::invalid_argument("the stream closed before its first request"))??;
-        let (node_id, ctx) = admit_node(first.node.as_ref(), &self.0.revision)?;
+        let (node_id, ctx, ips) = admit_node(first.node.as_ref(), &self.0.revision)?;
         let (tx, rx) = mpsc::channel(16);
         let server = Arc::clone(&self.0);
         let proxy = server.registry.connect(&node_id, &server.revision, "delta");
@@ -310,7 +334,7 @@ impl AggregatedDiscoveryService for AdsService {
                         },
                     };
                     let published = model.borrow_and_update().clone();
-                    let resources = server.resources(&ctx, &published);
+                    let resources = ProxyResources { shared: server.resources(&ctx, &published), own: translate::inbound(&published.model, &ips, &ctx) };
                     let mut sends: Vec<(String, bool)> = Vec::new();
                     match request {
                         Some(req) => {
@@ -345,7 +369,7 @@ impl AggregatedDiscoveryService for AdsService {
                     for (type_url, force) in sends {
                         let Some(t) = types.get_mut(&type_url) else { continue };
                         nonce += 1;
-                        if let Some(resp) = delta_response(t, &type_url, &resources, published.version, nonce, force) {
+                        if let Some(resp) = delta_response(t, &type_url, &resources.of_type(&type_url), published.version, nonce, force) {
                             proxy.sent(&type_url, &resp.system_version_info, &resp.nonce, published.version);
                             if tx.send(Ok(resp)).await.is_err() {
                                 return;
@@ -371,13 +395,13 @@ mod tests {
         Any { type_url: ENDPOINT_TYPE.into(), value: bytes.to_vec() }
     }
 
-    fn resources(items: &[(&str, &[u8])]) -> Resources {
+    fn resources(items: &[(&str, &[u8])]) -> ProxyResources {
         let mut r: Resources = BTreeMap::new();
         let m = r.entry(ENDPOINT_TYPE).or_default();
         for (n, b) in items {
             m.insert(n.to_string(), any(b));
         }
-        r
+        ProxyResources { shared: Arc::new(r), own: BTreeMap::new() }
     }
 
     fn node(revision: Option<&str>) -> Node {
@@ -402,15 +426,15 @@ mod tests {
     fn sotw_sends_by_name_and_only_on_change() {
         let mut t = SotwType { names: ["a".to_string()].into(), ..Default::default() };
         let r1 = resources(&[("a", b"1"), ("b", b"2")]);
-        let resp = sotw_response(&mut t, ENDPOINT_TYPE, &r1, 1, true).expect("first response");
+        let resp = sotw_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE), 1, true).expect("first response");
         assert_eq!(resp.resources.len(), 1, "only the subscribed name");
         assert_eq!(resp.nonce, "1");
         // Same content: nothing to send.
-        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &r1, 2, false).is_none());
+        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE), 2, false).is_none());
         // A change to an unsubscribed resource: nothing either.
-        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"1"), ("b", b"3")]), 3, false).is_none());
+        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"1"), ("b", b"3")]).of_type(ENDPOINT_TYPE), 3, false).is_none());
         // A change to the subscribed one: a new version and nonce.
-        let resp2 = sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"9")]), 4, false).expect("changed");
+        let resp2 = sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"9")]).of_type(ENDPOINT_TYPE), 4, false).expect("changed");
         assert_ne!(resp2.version_info, resp.version_info);
         assert_eq!(t.nonce, "4");
     }
@@ -419,24 +443,24 @@ mod tests {
     fn delta_sends_changes_and_removals_and_honours_initial_versions() {
         let mut t = DeltaType { wildcard: true, ..Default::default() };
         let r1 = resources(&[("a", b"1"), ("b", b"2")]);
-        let first = delta_response(&mut t, ENDPOINT_TYPE, &r1, 1, 1, true).expect("initial");
+        let first = delta_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE), 1, 1, true).expect("initial");
         assert_eq!(first.resources.len(), 2);
         let r2 = resources(&[("a", b"1"), ("c", b"3")]);
-        let next = delta_response(&mut t, ENDPOINT_TYPE, &r2, 2, 2, false).expect("diff");
+        let next = delta_response(&mut t, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE), 2, 2, false).expect("diff");
         assert_eq!(next.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c"]);
         assert_eq!(next.removed_resources, ["b"]);
-        assert!(delta_response(&mut t, ENDPOINT_TYPE, &r2, 3, 3, false).is_none());
+        assert!(delta_response(&mut t, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE), 3, 3, false).is_none());
 
         // A reconnecting proxy that already has "a" at its version gets only "c".
         let mut again = DeltaType { wildcard: true, ..Default::default() };
         again.known.insert("a".into(), resource_version(&any(b"1")));
-        let resp = delta_response(&mut again, ENDPOINT_TYPE, &r2, 4, 1, true).expect("resync");
+        let resp = delta_response(&mut again, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE), 4, 1, true).expect("resync");
         assert_eq!(resp.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c"]);
 
         // Explicit subscription: unsubscribed names are removed.
         let mut named = DeltaType { subscribed: ["a".to_string()].into(), ..Default::default() };
-        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2, 1, 1, true).expect("a").resources.len(), 1);
+        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE), 1, 1, true).expect("a").resources.len(), 1);
         named.subscribed.clear();
-        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2, 2, 2, false).expect("removal").removed_resources, ["a"]);
+        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE), 2, 2, false).expect("removal").removed_resources, ["a"]);
     }
 }

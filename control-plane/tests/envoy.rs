@@ -110,6 +110,18 @@ fn envoy_routes_by_pushed_config_sotw_and_delta() {
     let answer = via(sotw_port, "web.demo");
     assert!(matches!(answer.as_deref(), Some("backend-a" | "backend-b")), "{answer:?}");
 
+    // A captured sidecar backing web-a gets the inbound listener too, and Envoy accepts it.
+    let (_captured, _, captured_admin) = envoy_with(dir.path(), "envoy-captured", cp.xds, "dev", true, "REVMESH_INTERCEPTION: REDIRECT, INSTANCE_IPS: \"127.0.0.1\"");
+    wait("the inbound listener in Envoy", Duration::from_secs(30), || {
+        http_get(captured_admin, "/listeners").is_some_and(|l| l.contains("inbound::0.0.0.0:15006") && l.contains("outbound::"))
+    });
+    let syncz = http_get(cp.debug, "/debug/syncz").unwrap_or_default();
+    let captured: serde_json::Value = serde_json::from_str::<serde_json::Value>(&syncz)
+        .ok()
+        .and_then(|v| v.as_array().and_then(|a| a.iter().find(|p| p["id"] == "envoy-captured").cloned()))
+        .expect("captured proxy in syncz");
+    assert!(captured["types"]["Listener"].get("lastNack").is_none(), "{captured}");
+
     // Two revisions side by side, each serving only its own proxies.
     write(&mesh.join("web.yaml"), &split);
     let cp2 = control_plane(dir.path(), &mesh, "dev2");

@@ -128,3 +128,20 @@ fn gateway_durations() {
     assert_eq!(gateway_duration("10"), None);
     assert_eq!(gateway_duration("x"), None);
 }
+
+#[test]
+fn inbound_listener_for_the_proxys_own_ports() {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    let m = model();
+    let ctx = ProxyContext::default();
+    // 10.0.0.1 backs web (named port http → 8080).
+    let own = translate::inbound(&m, &["10.0.0.1".parse().expect("ip")], &ctx);
+    assert_eq!(own[CLUSTER_TYPE].keys().collect::<Vec<_>>(), ["inbound|8080||"]);
+    let l = Listener::decode(own[LISTENER_TYPE]["inbound"].value.as_slice()).expect("listener");
+    assert_eq!(l.filter_chains.len(), 1);
+    assert_eq!(l.filter_chains[0].filter_chain_match.as_ref().and_then(|m| m.destination_port.as_ref()).map(|p| p.value), Some(8080));
+    // A proxy that backs nothing, or is not captured, gets no inbound resources.
+    assert!(translate::inbound(&m, &["10.9.9.9".parse().expect("ip")], &ctx).is_empty());
+    let direct = ProxyContext { captured: false, ..ProxyContext::default() };
+    assert!(translate::inbound(&m, &["10.0.0.1".parse().expect("ip")], &direct).is_empty());
+}

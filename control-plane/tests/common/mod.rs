@@ -87,12 +87,17 @@ pub fn control_plane_with(dir: &Path, source: &str, revision: &str, env: &[(&str
 
 /// Envoy bootstrapped to ADS on the control plane; `delta` picks DELTA_GRPC.
 pub fn envoy(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool) -> (Proc, u16, u16) {
+    envoy_with(dir, name, xds, revision, delta, "REVMESH_INTERCEPTION: NONE")
+}
+
+/// Envoy with extra node metadata (YAML flow-mapping entries).
+pub fn envoy_with(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool, metadata: &str) -> (Proc, u16, u16) {
     let (listen, admin) = (free_port(), free_port());
     let bootstrap = format!(
         r#"node:
   id: {name}
   cluster: test
-  metadata: {{REVMESH_REVISION: "{revision}", REVMESH_OUTBOUND_ADDRESS: "127.0.0.1:{listen}", REVMESH_INTERCEPTION: NONE}}
+  metadata: {{REVMESH_REVISION: "{revision}", REVMESH_OUTBOUND_ADDRESS: "127.0.0.1:{listen}", {metadata}}}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 dynamic_resources:
