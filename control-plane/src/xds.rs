@@ -222,6 +222,25 @@ fn delta_response(t: &mut DeltaType, type_url: &str, of_type: &TypeView<'_>, sys
 type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
 type DeltaStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
 
+/// The next thing a stream must react to: a request from the proxy (`Some`),
+/// or a new model (`None` inside). `None` outside: the stream is over.
+async fn next_event<R>(pending: &mut Option<R>, inbound: &mut Streaming<R>, model: &mut watch::Receiver<Arc<Published>>) -> Option<Option<R>> {
+    if let Some(first) = pending.take() {
+        return Some(Some(first));
+    }
+    tokio::select! {
+        next = inbound.next() => match next {
+            Some(Ok(r)) => Some(Some(r)),
+            Some(Err(e)) => {
+                tracing::info!(error = %e, "stream error");
+                None
+            }
+            None => None,
+        },
+        changed = model.changed() => changed.ok().map(|_| None),
+    }
+}
+
 /// The tonic service: a cheap handle on the shared server.
 #[derive(Clone)]
 pub struct AdsService(pub Arc<AdsServer>);
@@ -246,21 +265,7 @@ impl AggregatedDiscoveryService for AdsService {
                 let mut types: HashMap<String, SotwType> = HashMap::new();
                 let mut nonce = 0u64;
                 let mut pending = Some(first);
-                loop {
-                    let request = match pending.take() {
-                        Some(r) => Some(r),
-                        None => tokio::select! {
-                            next = inbound.next() => match next {
-                                Some(Ok(r)) => Some(r),
-                                Some(Err(e)) => { tracing::info!(error = %e, "stream error"); break; }
-                                None => break,
-                            },
-                            changed = model.changed() => {
-                                if changed.is_err() { break; }
-                                None
-                            }
-                        },
-                    };
+                while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
                     let published = model.borrow_and_update().clone();
                     let resources = ProxyResources { shared: server.resources(&ctx, &published), own: translate::inbound(&published.model, &ips, &ctx) };
                     let mut sends: Vec<(String, bool)> = Vec::new();
@@ -318,21 +323,7 @@ impl AggregatedDiscoveryService for AdsService {
                 let mut types: HashMap<String, DeltaType> = HashMap::new();
                 let mut nonce = 0u64;
                 let mut pending = Some(first);
-                loop {
-                    let request = match pending.take() {
-                        Some(r) => Some(r),
-                        None => tokio::select! {
-                            next = inbound.next() => match next {
-                                Some(Ok(r)) => Some(r),
-                                Some(Err(e)) => { tracing::info!(error = %e, "stream error"); break; }
-                                None => break,
-                            },
-                            changed = model.changed() => {
-                                if changed.is_err() { break; }
-                                None
-                            }
-                        },
-                    };
+                while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
                     let published = model.borrow_and_update().clone();
                     let resources = ProxyResources { shared: server.resources(&ctx, &published), own: translate::inbound(&published.model, &ips, &ctx) };
                     let mut sends: Vec<(String, bool)> = Vec::new();
