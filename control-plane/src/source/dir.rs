@@ -29,8 +29,11 @@ fn manifest_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// A folder's manifest files and their bytes, to notice any change.
+pub type FolderSnapshot = Vec<(PathBuf, Vec<u8>)>;
+
 /// The folder's contents: file names and bytes, to notice any change.
-pub fn snapshot(root: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+pub fn snapshot(root: &Path) -> std::io::Result<FolderSnapshot> {
     manifest_files(root)?.into_iter().map(|p| std::fs::read(&p).map(|b| (p, b))).collect()
 }
 
@@ -52,7 +55,7 @@ pub fn parse_snapshot(root: &Path, files: &[(PathBuf, Vec<u8>)]) -> Result<MeshM
     }
 }
 
-pub fn load(root: &Path) -> anyhow::Result<(MeshModel, Vec<(PathBuf, Vec<u8>)>)> {
+pub fn load(root: &Path) -> anyhow::Result<(MeshModel, FolderSnapshot)> {
     let files = snapshot(root).map_err(|e| anyhow::anyhow!("reading {}: {e}", root.display()))?;
     let model = parse_snapshot(root, &files).map_err(|errors| {
         anyhow::anyhow!("{} has invalid manifests:\n{}", root.display(), errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
@@ -61,7 +64,7 @@ pub fn load(root: &Path) -> anyhow::Result<(MeshModel, Vec<(PathBuf, Vec<u8>)>)>
 }
 
 /// Polls the folder; publishes each new valid model; logs and counts refusals.
-pub async fn watch(root: PathBuf, mut last: Vec<(PathBuf, Vec<u8>)>, interval: Duration, publish: impl Fn(MeshModel), on_refused: impl Fn(&[ManifestError])) {
+pub async fn watch(root: PathBuf, mut last: FolderSnapshot, interval: Duration, publish: impl Fn(MeshModel), on_refused: impl Fn(&[ManifestError])) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

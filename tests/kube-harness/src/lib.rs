@@ -27,7 +27,7 @@ pub fn kube_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("REVMESH_KUBE_BIN") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache/revmesh/kube-1.20/bin")
 }
 
