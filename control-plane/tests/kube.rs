@@ -48,6 +48,18 @@ fn kubernetes_source_feeds_envoy_from_a_real_apiserver() {
     let took = wait("the new endpoint", Duration::from_secs(10), || envoy_hosts(admin, name) == ["192.0.2.11:8080"]);
     eprintln!("endpoint change reached Envoy in {took:?}");
 
+    // The API server goes away: the control plane keeps serving the last state,
+    // and a proxy connecting during the outage still gets it.
+    cluster.stop_apiserver();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(envoy_hosts(admin, name), ["192.0.2.11:8080"]);
+    let (_late, _, late_admin) = envoy(dir.path(), "envoy-during-outage", cp.xds, "dev", false);
+    wait("a proxy to get config during the outage", Duration::from_secs(30), || envoy_hosts(late_admin, name) == ["192.0.2.11:8080"]);
+    // It returns: the watchers relist and a change made since reaches Envoy.
+    cluster.start_apiserver().expect("API server restarts");
+    cluster.kubectl_input(&["apply", "-f", "-"], Some(&endpoints_yaml("192.0.2.12"))).expect("endpoints update after the outage");
+    wait("the resync after the outage", Duration::from_secs(60), || envoy_hosts(admin, name) == ["192.0.2.12:8080"]);
+
     // A Service deleted in the cluster is removed from Envoy (Delta removal).
     cluster.kubectl(&["delete", "service", "web", "-n", "demo"]).expect("delete");
     wait("the cluster to be removed", Duration::from_secs(10), || !http_get(admin, "/clusters").unwrap_or_default().contains(name));
@@ -63,7 +75,8 @@ fn kubernetes_source_feeds_envoy_from_a_real_apiserver() {
     assert!(sans.contains("URI:spiffe://cluster.local/ns/demo/sa/default") && !sans.contains("ignored.example"), "{sans}");
     // A token for another audience, a garbage token, or none: refused.
     let wrong = cluster.kubectl(&["create", "token", "default", "-n", "demo", "--audience", "someone-else"]).expect("token request");
-    assert_eq!(request_certificate(dir.path(), cp.ca, Some(wrong.trim()), &csr).0, 401);
+    let (status, body) = request_certificate(dir.path(), cp.ca, Some(wrong.trim()), &csr);
+    assert_eq!(status, 401, "{body}");
     assert_eq!(request_certificate(dir.path(), cp.ca, Some("not-a-token"), &csr).0, 401);
     assert_eq!(request_certificate(dir.path(), cp.ca, None, &csr).0, 401);
     let log = std::fs::read_to_string(&cp.log).unwrap_or_default();

@@ -176,8 +176,22 @@ pub fn openssl_csr(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(csr).expect("csr")
 }
 
-/// POSTs a CSR to the CA over HTTPS: (status, JSON body).
+/// POSTs a CSR to the CA over HTTPS: (status, JSON body). Retries, as a proxy
+/// does, when the CA could not answer (503: the TokenReview failed) or the
+/// exchange broke.
 pub fn request_certificate(dir: &Path, ca_port: u16, token: Option<&str>, csr: &str) -> (u16, serde_json::Value) {
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..3 {
+        last = request_certificate_once(dir, ca_port, token, csr);
+        if last.0 != 0 && last.0 != 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    last
+}
+
+fn request_certificate_once(dir: &Path, ca_port: u16, token: Option<&str>, csr: &str) -> (u16, serde_json::Value) {
     let root = dir.join(format!("root-{ca_port}.pem"));
     if !root.exists() {
         // Trust on first use, as a proxy does with the root the webhook mounts.
@@ -187,14 +201,18 @@ pub fn request_certificate(dir: &Path, ca_port: u16, token: Option<&str>, csr: &
     let body = dir.join("csr.json");
     std::fs::write(&body, serde_json::json!({"csr": csr, "ttlSeconds": 600}).to_string()).expect("body");
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "--cacert", &root.display().to_string(), "-X", "POST", "--data-binary", &format!("@{}", body.display()), "-w", "\n%{http_code}"]);
+    cmd.args(["-sS", "--max-time", "20", "--cacert", &root.display().to_string(), "-X", "POST", "--data-binary", &format!("@{}", body.display()), "-w", "\n%{http_code}"]);
     if let Some(t) = token {
         cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
     let out = cmd.arg(format!("https://127.0.0.1:{ca_port}/v1/certificate")).output().expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), serde_json::from_str(json).unwrap_or_default())
+    let code: u16 = code.trim().parse().unwrap_or(0);
+    if code == 0 {
+        return (0, serde_json::json!({"curl": String::from_utf8_lossy(&out.stderr), "stdout": text}));
+    }
+    (code, serde_json::from_str(json).unwrap_or_default())
 }
 
 /// The SAN URIs of a PEM certificate, via openssl.

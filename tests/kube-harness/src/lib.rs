@@ -146,8 +146,11 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Res
 pub struct Cluster {
     // Field order is drop order: controller-manager, then apiserver, then etcd.
     controller_manager: Process,
-    apiserver: Process,
+    /// `None` while a test has stopped it to simulate an outage.
+    apiserver: Option<Process>,
     etcd: Process,
+    apiserver_bin: PathBuf,
+    apiserver_args: Vec<String>,
     pub server: String,
     pub kubeconfig: PathBuf,
     pub dir: tempfile::TempDir,
@@ -203,8 +206,7 @@ impl Cluster {
         std::fs::write(d.join("tokens.csv"), format!("{token},admin,admin,\"system:masters\"\n"))?;
 
         let api_port = free_port()?;
-        let mut cmd = Command::new(apiserver_bin);
-        cmd.args([
+        let api_args: Vec<String> = [
             &format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
@@ -219,8 +221,11 @@ impl Cluster {
             "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
-        ]);
-        let mut apiserver = Process::spawn("kube-apiserver", cmd, d)?;
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let mut apiserver = spawn_apiserver(&apiserver_bin, &api_args, d)?;
         let server = format!("https://127.0.0.1:{api_port}");
 
         let ca = pki.join("apiserver.crt");
@@ -257,16 +262,35 @@ impl Cluster {
             "--controllers=*,-nodeipam,-nodelifecycle,-attachdetach,-persistentvolume-binder,-route,-service",
         ]);
         let controller_manager = Process::spawn("kube-controller-manager", cmd, d)?;
-        let mut cluster = Cluster { controller_manager, apiserver, etcd, server, kubeconfig, dir };
+        let mut cluster = Cluster { controller_manager, apiserver: Some(apiserver), etcd, server, kubeconfig, dir, apiserver_bin, apiserver_args: api_args };
         cluster.wait_for_service_account("default")?;
         Ok(cluster)
     }
 
-    /// Fails if any component has died.
+    /// Fails if any component has died (a stopped API server is not checked).
     pub fn check_alive(&mut self) -> Result<()> {
         self.etcd.check_alive()?;
-        self.apiserver.check_alive()?;
+        if let Some(a) = self.apiserver.as_mut() {
+            a.check_alive()?;
+        }
         self.controller_manager.check_alive()
+    }
+
+    /// Stops the API server (an outage); etcd keeps the state.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver = None;
+    }
+
+    /// Starts the API server again on the same port, certificates and etcd.
+    pub fn start_apiserver(&mut self) -> Result<()> {
+        let mut apiserver = spawn_apiserver(&self.apiserver_bin, &self.apiserver_args, self.dir.path())?;
+        let kubeconfig = self.kubeconfig.clone();
+        wait_for("kube-apiserver /readyz after a restart", Duration::from_secs(90), || {
+            apiserver.check_alive()?;
+            Ok(kubectl_raw(&kubeconfig, &["get", "--raw", "/readyz"], None)?.status.success().then_some(()))
+        })?;
+        self.apiserver = Some(apiserver);
+        Ok(())
     }
 
     /// Runs kubectl against this cluster; fails with its stderr on a non-zero exit.
@@ -325,12 +349,19 @@ impl Cluster {
 
     /// Logs of every component, for failure messages.
     pub fn diagnostics(&self) -> String {
-        [&self.etcd, &self.apiserver, &self.controller_manager]
-            .iter()
+        [Some(&self.etcd), self.apiserver.as_ref(), Some(&self.controller_manager)]
+            .into_iter()
+            .flatten()
             .map(|p| format!("--- {} ---\n{}", p.name, p.log_summary(15)))
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+fn spawn_apiserver(bin: &Path, args: &[String], dir: &Path) -> Result<Process> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    Process::spawn("kube-apiserver", cmd, dir)
 }
 
 fn kubectl_raw(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> Result<std::process::Output> {
