@@ -274,8 +274,10 @@ impl AggregatedDiscoveryService for AdsService {
                             let type_url = req.type_url.clone();
                             let t = types.entry(type_url.clone()).or_default();
                             let status = TypeStatus::from_sotw(&req);
-                            if !req.response_nonce.is_empty() && req.response_nonce != t.nonce {
-                                continue; // stale: an answer to a response that was superseded
+                            // Stale: an answer to a response that was superseded. A nonce
+                            // from a previous stream (nothing sent here yet) is not stale.
+                            if !req.response_nonce.is_empty() && !t.nonce.is_empty() && req.response_nonce != t.nonce {
+                                continue;
                             }
                             proxy.record(&type_url, status, published.version);
                             let names: BTreeSet<String> = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
@@ -340,7 +342,7 @@ impl AggregatedDiscoveryService for AdsService {
                                 }
                             }
                             let ack_or_nack = !req.response_nonce.is_empty();
-                            if ack_or_nack && req.response_nonce != t.nonce && req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty() {
+                            if ack_or_nack && !t.nonce.is_empty() && req.response_nonce != t.nonce && req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty() {
                                 continue; // stale
                             }
                             proxy.record(&type_url, TypeStatus::from_delta(&req), published.version);
