@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource};
 use envoy_types::pb::google::protobuf::{value::Kind, Any};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -35,29 +35,29 @@ pub struct Published {
 pub struct AdsServer {
     pub revision: String,
     model: watch::Receiver<Arc<Published>>,
-    cache: Mutex<HashMap<ProxyContext, (u64, Arc<Resources>)>>,
+    /// An async lock held across translation: when a change wakes every stream,
+    /// one translates and the others wait for its result, instead of each
+    /// translating (and holding) a copy of the whole mesh.
+    cache: tokio::sync::Mutex<HashMap<ProxyContext, (u64, Arc<Resources>)>>,
     pub registry: Arc<ProxyRegistry>,
 }
 
 impl AdsServer {
     pub fn new(revision: String, model: watch::Receiver<Arc<Published>>, registry: Arc<ProxyRegistry>) -> Self {
-        AdsServer { revision, model, cache: Mutex::new(HashMap::new()), registry }
+        AdsServer { revision, model, cache: tokio::sync::Mutex::new(HashMap::new()), registry }
     }
 
     /// Resources for a proxy context at the current model version; proxies with
     /// the same context share one translation.
-    fn resources(&self, ctx: &ProxyContext, published: &Published) -> Arc<Resources> {
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((v, r)) = cache.get(ctx) {
-                if *v == published.version {
-                    return Arc::clone(r);
-                }
+    async fn resources(&self, ctx: &ProxyContext, published: &Published) -> Arc<Resources> {
+        let mut cache = self.cache.lock().await;
+        if let Some((v, r)) = cache.get(ctx) {
+            if *v >= published.version {
+                return Arc::clone(r);
             }
         }
         let r = Arc::new(translate::translate(&published.model, ctx));
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(ctx.clone(), (published.version, Arc::clone(&r)));
-        }
+        cache.insert(ctx.clone(), (published.version, Arc::clone(&r)));
         r
     }
 }
@@ -267,7 +267,7 @@ impl AggregatedDiscoveryService for AdsService {
                 let mut pending = Some(first);
                 while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
                     let published = model.borrow_and_update().clone();
-                    let resources = ProxyResources { shared: server.resources(&ctx, &published), own: translate::inbound(&published.model, &ips, &ctx) };
+                    let resources = ProxyResources { shared: server.resources(&ctx, &published).await, own: translate::inbound(&published.model, &ips, &ctx) };
                     let mut sends: Vec<(String, bool)> = Vec::new();
                     match request {
                         Some(req) => {
@@ -327,7 +327,7 @@ impl AggregatedDiscoveryService for AdsService {
                 let mut pending = Some(first);
                 while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
                     let published = model.borrow_and_update().clone();
-                    let resources = ProxyResources { shared: server.resources(&ctx, &published), own: translate::inbound(&published.model, &ips, &ctx) };
+                    let resources = ProxyResources { shared: server.resources(&ctx, &published).await, own: translate::inbound(&published.model, &ips, &ctx) };
                     let mut sends: Vec<(String, bool)> = Vec::new();
                     match request {
                         Some(req) => {
