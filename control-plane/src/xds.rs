@@ -38,7 +38,7 @@ pub struct AdsServer {
     /// An async lock held across translation: when a change wakes every stream,
     /// one translates and the others wait for its result, instead of each
     /// translating (and holding) a copy of the whole mesh.
-    cache: tokio::sync::Mutex<HashMap<ProxyContext, (u64, Arc<Resources>)>>,
+    cache: tokio::sync::Mutex<HashMap<ProxyContext, Arc<Snapshot>>>,
     pub registry: Arc<ProxyRegistry>,
 }
 
@@ -49,16 +49,16 @@ impl AdsServer {
 
     /// Resources for a proxy context at the current model version; proxies with
     /// the same context share one translation.
-    async fn resources(&self, ctx: &ProxyContext, published: &Published) -> Arc<Resources> {
+    async fn resources(&self, ctx: &ProxyContext, published: &Published) -> Arc<Snapshot> {
         let mut cache = self.cache.lock().await;
-        if let Some((v, r)) = cache.get(ctx) {
-            if *v >= published.version {
-                return Arc::clone(r);
+        if let Some(snap) = cache.get(ctx) {
+            if snap.version >= published.version {
+                return Arc::clone(snap);
             }
         }
-        let r = Arc::new(translate::translate(&published.model, ctx));
-        cache.insert(ctx.clone(), (published.version, Arc::clone(&r)));
-        r
+        let snap = Arc::new(Snapshot::new(published.version, translate::translate(&published.model, ctx), cache.get(ctx).map(|s| &**s)));
+        cache.insert(ctx.clone(), Arc::clone(&snap));
+        snap
     }
 }
 
@@ -124,26 +124,82 @@ fn resource_version(any: &Any) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&any.value))
 }
 
-/// One type's resources as a proxy sees them: the shared outbound set plus its
-/// own inbound resources, by name.
-pub type TypeView<'a> = BTreeMap<&'a str, &'a Any>;
+/// The translated resources for one proxy context at one model version, with
+/// each resource's version and what changed since the previous snapshot, both
+/// computed once and shared by every stream.
+pub struct Snapshot {
+    pub version: u64,
+    pub resources: Resources,
+    versions: HashMap<&'static str, HashMap<String, String>>,
+    /// The snapshot `changed` is relative to (0: none).
+    prev_version: u64,
+    /// Per type: names added, changed or removed since `prev_version`.
+    changed: HashMap<&'static str, BTreeSet<String>>,
+}
 
-/// A proxy's resources: translated once per proxy context and shared, plus the
-/// few that belong to this proxy alone.
+impl Snapshot {
+    pub fn new(version: u64, resources: Resources, prev: Option<&Snapshot>) -> Snapshot {
+        let versions: HashMap<&'static str, HashMap<String, String>> =
+            resources.iter().map(|(t, m)| (*t, m.iter().map(|(n, a)| (n.clone(), resource_version(a))).collect())).collect();
+        let mut changed: HashMap<&'static str, BTreeSet<String>> = HashMap::new();
+        if let Some(prev) = prev {
+            for type_url in TYPE_ORDER {
+                let empty = HashMap::new();
+                let now = versions.get(type_url).unwrap_or(&empty);
+                let before = prev.versions.get(type_url).unwrap_or(&empty);
+                let set = changed.entry(type_url).or_default();
+                set.extend(now.iter().filter(|(n, v)| before.get(*n) != Some(*v)).map(|(n, _)| n.clone()));
+                set.extend(before.keys().filter(|n| !now.contains_key(*n)).cloned());
+            }
+        }
+        Snapshot { version, resources, versions, prev_version: prev.map_or(0, |p| p.version), changed }
+    }
+}
+
+/// One type's resources as a proxy sees them: the shared snapshot plus the
+/// proxy's own (inbound) resources, whose names never collide with shared ones.
+pub struct TypeView<'a> {
+    shared: Option<&'a BTreeMap<String, Any>>,
+    shared_versions: Option<&'a HashMap<String, String>>,
+    own: Option<&'a BTreeMap<String, Any>>,
+    /// Names changed since the snapshot the stream last processed, if known.
+    changed: Option<&'a BTreeSet<String>>,
+}
+
+impl<'a> TypeView<'a> {
+    fn iter(&self) -> impl Iterator<Item = (&'a str, &'a Any)> + '_ {
+        self.shared.into_iter().flatten().chain(self.own.into_iter().flatten()).map(|(n, a)| (n.as_str(), a))
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Any> {
+        self.shared.and_then(|m| m.get(name)).or_else(|| self.own.and_then(|m| m.get(name)))
+    }
+
+    fn version(&self, name: &str) -> Option<String> {
+        self.shared_versions.and_then(|m| m.get(name).cloned()).or_else(|| self.own.and_then(|m| m.get(name)).map(resource_version))
+    }
+}
+
+/// A proxy's resources: the shared snapshot and the few that are its own.
 pub struct ProxyResources {
-    pub shared: Arc<Resources>,
+    pub shared: Arc<Snapshot>,
     pub own: Resources,
 }
 
 impl ProxyResources {
-    pub fn of_type(&self, type_url: &str) -> TypeView<'_> {
-        let mut view: TypeView<'_> = BTreeMap::new();
-        for source in [&*self.shared, &self.own] {
-            if let Some(m) = source.get(type_url) {
-                view.extend(m.iter().map(|(n, a)| (n.as_str(), a)));
-            }
+    /// The view of one type; `since` is the snapshot version the stream last
+    /// processed, which lets it look at changed names only.
+    pub fn of_type(&self, type_url: &str, since: Option<u64>) -> TypeView<'_> {
+        let changed = match since {
+            Some(v) if v != 0 && v == self.shared.prev_version => self.shared.changed.get(type_url),
+            _ => None,
+        };
+        TypeView {
+            shared: self.shared.resources.get(type_url),
+            shared_versions: self.shared.versions.get(type_url),
+            own: self.own.get(type_url),
+            changed,
         }
-        view
     }
 }
 
@@ -161,7 +217,7 @@ struct SotwType {
 
 /// The State-of-the-World response for one type, if it differs from what was sent.
 fn sotw_response(t: &mut SotwType, type_url: &str, of_type: &TypeView<'_>, nonce: u64, force: bool) -> Option<DiscoveryResponse> {
-    let chosen: Vec<(&str, &Any)> = of_type.iter().map(|(n, a)| (*n, *a)).filter(|(n, _)| t.wildcard || t.names.contains(*n)).collect();
+    let chosen: Vec<(&str, &Any)> = of_type.iter().filter(|(n, _)| t.wildcard || t.names.contains(*n)).collect();
     let version = version_of(chosen.iter().copied());
     if !force && t.sent_version.as_deref() == Some(version.as_str()) {
         return None;
@@ -189,21 +245,29 @@ struct DeltaType {
 /// The Delta response for one type: changed and removed resources, if any.
 fn delta_response(t: &mut DeltaType, type_url: &str, of_type: &TypeView<'_>, system_version: u64, nonce: u64, force: bool) -> Option<DeltaDiscoveryResponse> {
     let mut resources = Vec::new();
-    for (name, any) in of_type.iter().filter(|(n, _)| t.wildcard || t.subscribed.contains(**n)) {
-        let version = resource_version(any);
-        if t.known.get(*name) != Some(&version) {
-            t.known.insert(name.to_string(), version.clone());
-            resources.push(Resource { name: name.to_string(), version, resource: Some((*any).clone()), ..Default::default() });
+    let mut removed: Vec<String> = Vec::new();
+    let wanted = |t: &DeltaType, n: &str| t.wildcard || t.subscribed.contains(n);
+    // Only names that changed since the last processed snapshot (plus the proxy's
+    // own few) when that is known; every name otherwise.
+    let candidates: Vec<String> = match (of_type.changed, force) {
+        (Some(changed), false) => changed.iter().cloned().chain(of_type.own.into_iter().flatten().map(|(n, _)| n.clone())).collect(),
+        _ => of_type.iter().map(|(n, _)| n.to_string()).chain(t.known.keys().cloned()).collect::<BTreeSet<String>>().into_iter().collect(),
+    };
+    for name in candidates {
+        match (of_type.get(&name), wanted(t, &name)) {
+            (Some(any), true) => {
+                let version = of_type.version(&name).unwrap_or_default();
+                if t.known.get(&name) != Some(&version) {
+                    t.known.insert(name.clone(), version.clone());
+                    resources.push(Resource { name, version, resource: Some(any.clone()), ..Default::default() });
+                }
+            }
+            _ => {
+                if t.known.remove(&name).is_some() {
+                    removed.push(name);
+                }
+            }
         }
-    }
-    let removed: Vec<String> = t
-        .known
-        .keys()
-        .filter(|n| !of_type.contains_key(n.as_str()) || !(t.wildcard || t.subscribed.contains(*n)))
-        .cloned()
-        .collect();
-    for n in &removed {
-        t.known.remove(n);
     }
     if resources.is_empty() && removed.is_empty() && !force {
         return None;
@@ -266,7 +330,9 @@ impl AggregatedDiscoveryService for AdsService {
                 let mut nonce = 0u64;
                 let mut pending = Some(first);
                 while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
-                    let published = model.borrow_and_update().clone();
+                    // Only a model event marks the model seen: a change that lands
+                    // while a request is handled must still wake this stream.
+                    let published = if request.is_some() { model.borrow().clone() } else { model.borrow_and_update().clone() };
                     let resources = ProxyResources { shared: server.resources(&ctx, &published).await, own: translate::inbound(&published.model, &ips, &ctx) };
                     let mut sends: Vec<(String, bool)> = Vec::new();
                     match request {
@@ -294,7 +360,7 @@ impl AggregatedDiscoveryService for AdsService {
                     for (type_url, first_time) in sends {
                         let Some(t) = types.get_mut(&type_url) else { continue };
                         nonce += 1;
-                        if let Some(resp) = sotw_response(t, &type_url, &resources.of_type(&type_url), nonce, first_time) {
+                        if let Some(resp) = sotw_response(t, &type_url, &resources.of_type(&type_url, None), nonce, first_time) {
                             proxy.sent(&type_url, &resp.version_info, &resp.nonce, published.version);
                             if tx.send(Ok(resp)).await.is_err() {
                                 return;
@@ -323,10 +389,15 @@ impl AggregatedDiscoveryService for AdsService {
                 tracing::info!("proxy connected");
                 let mut model = server.model.clone();
                 let mut types: HashMap<String, DeltaType> = HashMap::new();
+                // The snapshot version whose changes this stream has fully pushed.
+                let mut synced: Option<u64> = None;
                 let mut nonce = 0u64;
                 let mut pending = Some(first);
                 while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
-                    let published = model.borrow_and_update().clone();
+                    // Only a model event marks the model seen: a change that lands
+                    // while a request is handled must still wake this stream.
+                    let published = if request.is_some() { model.borrow().clone() } else { model.borrow_and_update().clone() };
+                    let is_model_event = request.is_none();
                     let resources = ProxyResources { shared: server.resources(&ctx, &published).await, own: translate::inbound(&published.model, &ips, &ctx) };
                     let mut sends: Vec<(String, bool)> = Vec::new();
                     match request {
@@ -359,15 +430,19 @@ impl AggregatedDiscoveryService for AdsService {
                         }
                         None => sends.extend(TYPE_ORDER.iter().filter(|u| types.contains_key(**u)).map(|u| (u.to_string(), false))),
                     }
+                    let since = if is_model_event { synced } else { None };
                     for (type_url, force) in sends {
                         let Some(t) = types.get_mut(&type_url) else { continue };
                         nonce += 1;
-                        if let Some(resp) = delta_response(t, &type_url, &resources.of_type(&type_url), published.version, nonce, force) {
+                        if let Some(resp) = delta_response(t, &type_url, &resources.of_type(&type_url, since), published.version, nonce, force) {
                             proxy.sent(&type_url, &resp.system_version_info, &resp.nonce, published.version);
                             if tx.send(Ok(resp)).await.is_err() {
                                 return;
                             }
                         }
+                    }
+                    if is_model_event {
+                        synced = Some(resources.shared.version);
                     }
                 }
                 tracing::info!("proxy disconnected");
@@ -394,7 +469,7 @@ mod tests {
         for (n, b) in items {
             m.insert(n.to_string(), any(b));
         }
-        ProxyResources { shared: Arc::new(r), own: BTreeMap::new() }
+        ProxyResources { shared: Arc::new(Snapshot::new(1, r, None)), own: BTreeMap::new() }
     }
 
     fn node(revision: Option<&str>) -> Node {
@@ -419,41 +494,66 @@ mod tests {
     fn sotw_sends_by_name_and_only_on_change() {
         let mut t = SotwType { names: ["a".to_string()].into(), ..Default::default() };
         let r1 = resources(&[("a", b"1"), ("b", b"2")]);
-        let resp = sotw_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE), 1, true).expect("first response");
+        let resp = sotw_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE, None), 1, true).expect("first response");
         assert_eq!(resp.resources.len(), 1, "only the subscribed name");
         assert_eq!(resp.nonce, "1");
         // Same content: nothing to send.
-        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE), 2, false).is_none());
+        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE, None), 2, false).is_none());
         // A change to an unsubscribed resource: nothing either.
-        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"1"), ("b", b"3")]).of_type(ENDPOINT_TYPE), 3, false).is_none());
+        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"1"), ("b", b"3")]).of_type(ENDPOINT_TYPE, None), 3, false).is_none());
         // A change to the subscribed one: a new version and nonce.
-        let resp2 = sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"9")]).of_type(ENDPOINT_TYPE), 4, false).expect("changed");
+        let resp2 = sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"9")]).of_type(ENDPOINT_TYPE, None), 4, false).expect("changed");
         assert_ne!(resp2.version_info, resp.version_info);
         assert_eq!(t.nonce, "4");
+    }
+
+    #[test]
+    fn delta_looks_only_at_changed_names_when_in_sync() {
+        let build = |items: &[(&str, &[u8])]| {
+            let mut r: Resources = BTreeMap::new();
+            let m = r.entry(ENDPOINT_TYPE).or_default();
+            for (n, b) in items {
+                m.insert(n.to_string(), any(b));
+            }
+            r
+        };
+        let s1 = Arc::new(Snapshot::new(1, build(&[("a", b"1"), ("b", b"2"), ("c", b"3")]), None));
+        let s2 = Arc::new(Snapshot::new(2, build(&[("a", b"1"), ("b", b"9")]), Some(&s1)));
+        assert_eq!(s2.changed[ENDPOINT_TYPE].iter().map(String::as_str).collect::<Vec<_>>(), ["b", "c"]);
+        let mut t = DeltaType { wildcard: true, ..Default::default() };
+        let p1 = ProxyResources { shared: Arc::clone(&s1), own: BTreeMap::new() };
+        delta_response(&mut t, ENDPOINT_TYPE, &p1.of_type(ENDPOINT_TYPE, None), 1, 1, true).expect("initial");
+        let p2 = ProxyResources { shared: s2, own: BTreeMap::new() };
+        let view = p2.of_type(ENDPOINT_TYPE, Some(1));
+        assert!(view.changed.is_some(), "in sync with the previous snapshot: incremental");
+        let resp = delta_response(&mut t, ENDPOINT_TYPE, &view, 2, 2, false).expect("diff");
+        assert_eq!(resp.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(resp.removed_resources, ["c"]);
+        assert!(p2.of_type(ENDPOINT_TYPE, Some(0)).changed.is_none(), "out of sync: full diff");
     }
 
     #[test]
     fn delta_sends_changes_and_removals_and_honours_initial_versions() {
         let mut t = DeltaType { wildcard: true, ..Default::default() };
         let r1 = resources(&[("a", b"1"), ("b", b"2")]);
-        let first = delta_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE), 1, 1, true).expect("initial");
+        let first = delta_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE, None), 1, 1, true).expect("initial");
         assert_eq!(first.resources.len(), 2);
         let r2 = resources(&[("a", b"1"), ("c", b"3")]);
-        let next = delta_response(&mut t, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE), 2, 2, false).expect("diff");
+        let next = delta_response(&mut t, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE, None), 2, 2, false).expect("diff");
         assert_eq!(next.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c"]);
         assert_eq!(next.removed_resources, ["b"]);
-        assert!(delta_response(&mut t, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE), 3, 3, false).is_none());
+        assert!(delta_response(&mut t, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE, None), 3, 3, false).is_none());
 
         // A reconnecting proxy that already has "a" at its version gets only "c".
         let mut again = DeltaType { wildcard: true, ..Default::default() };
         again.known.insert("a".into(), resource_version(&any(b"1")));
-        let resp = delta_response(&mut again, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE), 4, 1, true).expect("resync");
+        let resp = delta_response(&mut again, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE, None), 4, 1, true).expect("resync");
         assert_eq!(resp.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c"]);
 
         // Explicit subscription: unsubscribed names are removed.
         let mut named = DeltaType { subscribed: ["a".to_string()].into(), ..Default::default() };
-        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE), 1, 1, true).expect("a").resources.len(), 1);
+        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE, None), 1, 1, true).expect("a").resources.len(), 1);
         named.subscribed.clear();
-        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE), 2, 2, false).expect("removal").removed_resources, ["a"]);
+        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE, None), 2, 2, false).expect("removal").removed_resources, ["a"]);
     }
 }
