@@ -82,6 +82,11 @@ impl Ca {
         &self.root_pem
     }
 
+    /// The private key, for storing a generated root in its Secret. Never log it.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// Signs `csr_pem` for `identity`, valid for `ttl` (capped at `max_ttl`).
     /// Only the CSR's public key is used: names come from the proven identity.
     pub fn sign(&self, csr_pem: &str, identity: &Identity, ttl: Duration) -> Result<(String, time::OffsetDateTime), CaError> {
@@ -105,12 +110,16 @@ impl Ca {
         Ok((cert.pem(), params_not_after(now, ttl)))
     }
 
-    /// A serving certificate for the CA's own HTTPS endpoint.
-    pub fn serving_cert(&self, dns_names: &[String]) -> Result<(String, String), CaError> {
+    /// A serving certificate for the control plane's own TLS port, valid for
+    /// `lifetime` (the server re-issues it before then).
+    pub fn serving_cert(&self, dns_names: &[String], lifetime: Duration) -> Result<(String, String), CaError> {
         let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
         let mut params = CertificateParams::new(dns_names.to_vec()).map_err(|e| CaError::Sign(e.to_string()))?;
         params.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
         params.distinguished_name.push(DnType::CommonName, "revmesh control plane");
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = params_not_after(now, lifetime);
         let cert = params.signed_by(&key, &self.cert, &self.key).map_err(|e| CaError::Sign(e.to_string()))?;
         Ok((cert.pem(), key.serialize_pem()))
     }

@@ -5,7 +5,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -76,7 +75,8 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     reply(status, "application/json", json!({"error": message}).to_string())
 }
 
-async fn handle(req: Request<Incoming>, svc: Arc<CaService>) -> Response<Full<Bytes>> {
+/// Serves one CA request.
+pub async fn handle(req: Request<Incoming>, svc: Arc<CaService>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/v1/root") => reply(StatusCode::OK, "application/x-pem-file", svc.ca.root_pem().to_string()),
         (&Method::POST, "/v1/certificate") => {
@@ -132,28 +132,70 @@ async fn handle(req: Request<Incoming>, svc: Arc<CaService>) -> Response<Full<By
     }
 }
 
-/// Serves the CA over TLS with a certificate it issues itself.
-pub async fn serve(listener: tokio::net::TcpListener, svc: Arc<CaService>, dns_names: Vec<String>) -> anyhow::Result<()> {
-    use rustls::pki_types::pem::PemObject;
-    let (cert_pem, key_pem) = svc.ca.serving_cert(&dns_names)?;
-    let mut chain: Vec<rustls::pki_types::CertificateDer<'static>> = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
-    chain.extend(rustls::pki_types::CertificateDer::pem_slice_iter(svc.ca.root_pem().as_bytes()).collect::<Result<Vec<_>, _>>()?);
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_no_client_auth().with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
-        let acceptor = acceptor.clone();
-        let svc = Arc::clone(&svc);
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else { return };
-            let service = hyper::service::service_fn(move |req| {
-                let svc = Arc::clone(&svc);
-                async move { Ok::<_, std::convert::Infallible>(handle(req, svc).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await;
-        });
+/// The control plane's TLS certificate, issued by its own CA and re-issued
+/// when half its lifetime has passed, so the port never serves an expired one.
+#[derive(Debug)]
+pub struct SelfIssued {
+    svc: Arc<CaService>,
+    dns_names: Vec<String>,
+    current: std::sync::RwLock<(Arc<rustls::sign::CertifiedKey>, std::time::Instant)>,
+}
+
+const SERVING_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+impl SelfIssued {
+    pub fn new(svc: Arc<CaService>, dns_names: Vec<String>) -> anyhow::Result<Self> {
+        let first = Self::issue(&svc, &dns_names)?;
+        Ok(SelfIssued { svc, dns_names, current: std::sync::RwLock::new((first, std::time::Instant::now())) })
     }
+
+    fn issue(svc: &CaService, dns_names: &[String]) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+        use rustls::pki_types::pem::PemObject;
+        let (cert_pem, key_pem) = svc.ca.serving_cert(dns_names, SERVING_LIFETIME)?;
+        let mut chain: Vec<rustls::pki_types::CertificateDer<'static>> = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+        chain.extend(rustls::pki_types::CertificateDer::pem_slice_iter(svc.ca.root_pem().as_bytes()).collect::<Result<Vec<_>, _>>()?);
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key)?;
+        Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, signing)))
+    }
+
+    fn get(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let (key, issued) = self.current.read().ok()?.clone();
+        if issued.elapsed() < SERVING_LIFETIME / 2 {
+            return Some(key);
+        }
+        match Self::issue(&self.svc, &self.dns_names) {
+            Ok(fresh) => {
+                if let Ok(mut c) = self.current.write() {
+                    *c = (Arc::clone(&fresh), std::time::Instant::now());
+                }
+                Some(fresh)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not re-issue the serving certificate; keeping the current one");
+                Some(key)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for CaService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaService").field("trust_domain", &self.ca.trust_domain).finish_non_exhaustive()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SelfIssued {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.get()
+    }
+}
+
+/// TLS for the xDS + CA port: h2 for gRPC, HTTP/1.1 for plain CA clients.
+pub fn tls_acceptor(svc: Arc<CaService>, dns_names: Vec<String>) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = Arc::new(SelfIssued::new(svc, dns_names)?);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_no_client_auth().with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -3,12 +3,14 @@
 use crate::model::MeshModel;
 use crate::ca::{parse_bootstrap_tokens, Ca};
 use crate::ca_server::{self, Authenticator, CaService};
+use crate::ca_store;
+use crate::serve::{self, Endpoints};
+use crate::config_dump;
 use crate::source::{dir, kubernetes};
 use crate::status::ProxyRegistry;
 use crate::xds::{AdsServer, AdsService, Published};
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -44,9 +46,15 @@ pub struct Settings {
     /// Kubernetes source: longest a busy cluster can delay a push.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub debounce_max: Duration,
-    /// HTTPS address of the CA (POST /v1/certificate, GET /v1/root).
-    #[arg(long, default_value = "0.0.0.0:15012")]
-    pub ca_listen: SocketAddr,
+    /// TLS address serving xDS (gRPC) and the CA (POST /v1/certificate, GET
+    /// /v1/root), with a certificate from the mesh CA.
+    #[arg(long, alias = "ca-listen", default_value = "0.0.0.0:15012")]
+    pub tls_listen: SocketAddr,
+    /// Kubernetes source: the Secret (NAMESPACE/NAME) holding the mesh root
+    /// (`ca.crt`, `ca.key`); created with a fresh root if missing. Ignored when
+    /// --ca-cert/--ca-key are given.
+    #[arg(long, default_value = "revmesh-system/revmesh-ca")]
+    pub ca_secret: String,
     /// SPIFFE trust domain of issued identities.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
@@ -63,6 +71,10 @@ pub struct Settings {
     /// Dir source: bootstrap tokens, lines of `<token> <namespace>/<serviceaccount>`.
     #[arg(long)]
     pub ca_bootstrap_tokens: Option<PathBuf>,
+    /// Proxies being pushed to at once; the others wait their turn (bounds memory
+    /// and CPU when many proxies connect or a large change lands).
+    #[arg(long, default_value_t = 100)]
+    pub max_concurrent_pushes: usize,
     /// Lifetime of issued certificates unless the request asks for less.
     #[arg(long, default_value = "3600s", value_parser = parse_duration)]
     pub cert_ttl: Duration,
@@ -119,16 +131,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         bail!("--source {:?} is not a source: use dir:PATH or kubernetes", settings.source);
     }
 
-    let ca = match (&settings.ca_cert, &settings.ca_key) {
-        (Some(cert), Some(key)) => {
+    let ca = match (&settings.ca_cert, &settings.ca_key, &kube_client) {
+        (Some(cert), Some(key), _) => {
             let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
             Ca::from_pem(&read(cert)?, &read(key)?, &settings.trust_domain)?
+        }
+        (_, _, Some(client)) => {
+            let (ns, name) = settings
+                .ca_secret
+                .split_once('/')
+                .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+                .with_context(|| format!("--ca-secret {:?} is not NAMESPACE/NAME", settings.ca_secret))?;
+            ca_store::load_or_create_root(client, ns, name, &settings.trust_domain).await?
         }
         _ => {
             tracing::warn!("no --ca-cert/--ca-key: generated a throwaway root CA (development only)");
             Ca::generate(&settings.trust_domain)?
         }
     };
+    if let Some(client) = &kube_client {
+        tokio::spawn(ca_store::publish_root(client.clone(), ca.root_pem().to_string()));
+    }
     let auth = match (kube_client, &settings.ca_bootstrap_tokens) {
         (Some(client), _) => Authenticator::TokenReview { client, audience: settings.ca_audience.clone() },
         (None, Some(file)) => {
@@ -140,26 +163,26 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             Authenticator::Bootstrap(Default::default())
         }
     };
-    let ca_listener = tokio::net::TcpListener::bind(settings.ca_listen).await.with_context(|| format!("binding {}", settings.ca_listen))?;
-    let ca_names = vec![format!("control-plane-{}.revmesh-system.svc", settings.revision), "localhost".to_string()];
+    let tls_names = vec![
+        format!("control-plane-{}.revmesh-system.svc", settings.revision),
+        format!("control-plane-{}.revmesh-system.svc.cluster.local", settings.revision),
+        "localhost".to_string(),
+    ];
     let ca_service = Arc::new(CaService { ca, auth, default_ttl: settings.cert_ttl });
-    tokio::spawn(async move {
-        if let Err(e) = ca_server::serve(ca_listener, ca_service, ca_names).await {
-            tracing::error!(error = %e, "the CA endpoint stopped");
-        }
-    });
+    let acceptor = ca_server::tls_acceptor(Arc::clone(&ca_service), tls_names)?;
 
-    let server = Arc::new(AdsServer::new(settings.revision.clone(), rx, Arc::clone(&registry)));
-    let debug = tokio::net::TcpListener::bind(settings.debug_listen).await.with_context(|| format!("binding {}", settings.debug_listen))?;
-    tokio::spawn(serve_debug(debug, Arc::clone(&registry)));
-    tracing::info!(revision = %settings.revision, xds = %settings.xds_listen, debug = %settings.debug_listen, "control plane serving");
-    tonic::transport::Server::builder()
-        .add_service(AggregatedDiscoveryServiceServer::new(AdsService(server)))
-        .serve_with_shutdown(settings.xds_listen, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .with_context(|| format!("serving xDS on {}", settings.xds_listen))?;
+    let server = Arc::new(AdsServer::new(settings.revision.clone(), rx, Arc::clone(&registry), settings.max_concurrent_pushes));
+    let ads = AdsService(Arc::clone(&server));
+    let bind = |addr: SocketAddr| async move { tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}")) };
+    let plain = bind(settings.xds_listen).await?;
+    let tls = bind(settings.tls_listen).await?;
+    let debug = bind(settings.debug_listen).await?;
+    tokio::spawn(serve::serve(plain, None, Endpoints { ads: ads.clone(), ca: None }));
+    tokio::spawn(serve::serve(tls, Some(acceptor), Endpoints { ads, ca: Some(ca_service) }));
+    tokio::spawn(serve_debug(debug, Arc::clone(&registry), Arc::clone(&server)));
+    tracing::info!(revision = %settings.revision, xds = %settings.xds_listen, tls = %settings.tls_listen, debug = %settings.debug_listen, "control plane serving");
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tracing::info!("stopping");
     Ok(())
 }
 
@@ -167,20 +190,63 @@ fn rollouts_compatible_revision(r: &str) -> bool {
     !r.is_empty() && r.len() <= 63 && r.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') && !r.starts_with('-') && !r.ends_with('-')
 }
 
-async fn serve_debug(listener: tokio::net::TcpListener, registry: Arc<ProxyRegistry>) {
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+}
+
+async fn debug_response(req: &Request<hyper::body::Incoming>, registry: &ProxyRegistry, server: &AdsServer) -> (StatusCode, &'static str, String) {
+    match req.uri().path() {
+        "/debug/syncz" => (StatusCode::OK, "application/json", serde_json::to_string_pretty(&registry.syncz()).unwrap_or_default()),
+        "/debug/config_dump" => {
+            let query = req.uri().query();
+            let Some(id) = query_param(query, "proxy").filter(|p| !p.is_empty()) else {
+                return (StatusCode::BAD_REQUEST, "text/plain", "name the proxy: /debug/config_dump?proxy=<node id> (ids are in /debug/syncz)\n".into());
+            };
+            let id = percent_decode(id);
+            match server.proxy_resources(&id).await {
+                None => (StatusCode::NOT_FOUND, "text/plain", format!("no proxy {id:?} is connected to this revision; see /debug/syncz\n")),
+                Some(r) if query_param(query, "format") == Some("text") => (StatusCode::OK, "text/plain; charset=utf-8", config_dump::text_dump(&id, &r)),
+                Some(r) => (StatusCode::OK, "application/json", serde_json::to_string_pretty(&config_dump::json_dump(&id, &r)).unwrap_or_default()),
+            }
+        }
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", registry.encode_metrics()),
+        "/ready" | "/healthz/ready" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "try /debug/syncz, /debug/config_dump?proxy=ID or /metrics\n".to_string()),
+    }
+}
+
+/// Node ids may hold characters a URL escapes (`~`, `:`).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn serve_debug(listener: tokio::net::TcpListener, registry: Arc<ProxyRegistry>, server: Arc<AdsServer>) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else { continue };
         let registry = Arc::clone(&registry);
+        let server = Arc::clone(&server);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let registry = Arc::clone(&registry);
+                let server = Arc::clone(&server);
                 async move {
-                    let (status, ctype, body) = match req.uri().path() {
-                        "/debug/syncz" => (StatusCode::OK, "application/json", serde_json::to_string_pretty(&registry.syncz()).unwrap_or_default()),
-                        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", registry.encode_metrics()),
-                        "/ready" | "/healthz/ready" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-                        _ => (StatusCode::NOT_FOUND, "text/plain", "try /debug/syncz or /metrics\n".to_string()),
-                    };
+                    let (status, ctype, body) = debug_response(&req, &registry, &server).await;
                     let mut r = Response::new(Full::new(Bytes::from(body)));
                     *r.status_mut() = status;
                     r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));

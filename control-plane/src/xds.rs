@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Delt
 use envoy_types::pb::google::protobuf::{value::Kind, Any};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -40,11 +40,98 @@ pub struct AdsServer {
     /// translating (and holding) a copy of the whole mesh.
     cache: tokio::sync::Mutex<HashMap<ProxyContext, Arc<Snapshot>>>,
     pub registry: Arc<ProxyRegistry>,
+    /// Bounds the proxies being pushed to at once: a stream takes a permit for
+    /// its responses and gives it back when the proxy has answered them all (or
+    /// after PUSH_ANSWER_WAIT). This is what keeps 2,000 proxies connecting at
+    /// once from holding 2,000 full configurations in memory.
+    push_permits: Arc<Semaphore>,
+    /// Proxies by node id, for config_dump.
+    proxies: std::sync::Mutex<HashMap<String, ProxyEntry>>,
+}
+
+#[derive(Clone)]
+struct ProxyEntry {
+    ctx: ProxyContext,
+    ips: Vec<std::net::IpAddr>,
+    streams: usize,
+}
+
+/// The longest a proxy's silence holds a push permit.
+const PUSH_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A stream's push permit, held while some of its responses are unanswered.
+#[derive(Default)]
+struct PushSlot {
+    release: Option<oneshot::Sender<()>>,
+    unanswered: BTreeSet<String>,
+}
+
+impl PushSlot {
+    /// Takes a permit unless this stream holds a live one. True when the type
+    /// had no unanswered response before.
+    async fn before_send(&mut self, permits: &Arc<Semaphore>, type_url: &str) -> bool {
+        if self.release.as_ref().is_none_or(|r| r.is_closed()) {
+            // The semaphore is never closed, so acquiring only waits.
+            if let Ok(permit) = Arc::clone(permits).acquire_owned().await {
+                let (tx, rx) = oneshot::channel::<()>();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(PUSH_ANSWER_WAIT, rx).await;
+                    drop(permit);
+                });
+                self.release = Some(tx);
+            }
+        }
+        self.unanswered.insert(type_url.to_string())
+    }
+
+    /// The proxy answered the latest response of a type.
+    fn answered(&mut self, type_url: &str) {
+        self.unanswered.remove(type_url);
+        if self.unanswered.is_empty() {
+            self.release = None;
+        }
+    }
 }
 
 impl AdsServer {
-    pub fn new(revision: String, model: watch::Receiver<Arc<Published>>, registry: Arc<ProxyRegistry>) -> Self {
-        AdsServer { revision, model, cache: tokio::sync::Mutex::new(HashMap::new()), registry }
+    pub fn new(revision: String, model: watch::Receiver<Arc<Published>>, registry: Arc<ProxyRegistry>, max_concurrent_pushes: usize) -> Self {
+        AdsServer {
+            revision,
+            model,
+            cache: tokio::sync::Mutex::new(HashMap::new()),
+            registry,
+            push_permits: Arc::new(Semaphore::new(max_concurrent_pushes.max(1))),
+            proxies: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn stream_opened(&self, node_id: &str, ctx: &ProxyContext, ips: &[std::net::IpAddr]) {
+        if let Ok(mut p) = self.proxies.lock() {
+            let e = p.entry(node_id.to_string()).or_insert_with(|| ProxyEntry { ctx: ctx.clone(), ips: ips.to_vec(), streams: 0 });
+            e.ctx = ctx.clone();
+            e.ips = ips.to_vec();
+            e.streams += 1;
+        }
+    }
+
+    fn stream_closed(&self, node_id: &str) {
+        if let Ok(mut p) = self.proxies.lock() {
+            if let Some(e) = p.get_mut(node_id) {
+                e.streams -= 1;
+                if e.streams == 0 {
+                    p.remove(node_id);
+                }
+            }
+        }
+    }
+
+    /// The resources a connected proxy is served now, or None if no proxy of
+    /// that id is connected.
+    pub async fn proxy_resources(&self, node_id: &str) -> Option<ProxyResources> {
+        let entry = self.proxies.lock().ok()?.get(node_id).cloned()?;
+        let published = self.model.borrow().clone();
+        let shared = self.resources(&entry.ctx, &published).await;
+        Some(ProxyResources { shared, own: translate::inbound(&published.model, &entry.ips, &entry.ctx) })
     }
 
     /// Resources for a proxy context at the current model version; proxies with
@@ -109,19 +196,37 @@ pub fn admit_node(node: Option<&Node>, revision: &str) -> Result<(String, ProxyC
     Ok((node.id.clone(), ctx, ips))
 }
 
-/// Content version of a set of resources.
-fn version_of<'a>(items: impl Iterator<Item = (&'a str, &'a Any)>) -> String {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for (name, any) in items {
-        h.update(name.as_bytes());
-        h.update(&[0]);
-        h.update(&any.value);
-    }
-    format!("{:016x}", h.digest())
+/// A resource name, shared between snapshots and the streams that track it:
+/// 2,000 proxies × 2,000 resources must not mean 4 million owned strings.
+pub type Name = Arc<str>;
+
+/// Content version of one encoded resource.
+pub fn resource_version(any: &Any) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&any.value)
 }
 
-fn resource_version(any: &Any) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&any.value))
+/// The wire form of a resource version; `parse_version` reads it back.
+pub fn format_version(v: u64) -> String {
+    format!("{v:016x}")
+}
+
+fn parse_version(text: &str) -> Option<u64> {
+    (text.len() == 16).then(|| u64::from_str_radix(text, 16).ok()).flatten()
+}
+
+/// Content version of a set of resources.
+fn version_of(items: impl Iterator<Item = (u64, u64)>) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (name_hash, version) in items {
+        h.update(&name_hash.to_le_bytes());
+        h.update(&version.to_le_bytes());
+    }
+    format_version(h.digest())
+}
+
+pub struct Entry {
+    pub any: Any,
+    pub version: u64,
 }
 
 /// The translated resources for one proxy context at one model version, with
@@ -129,77 +234,75 @@ fn resource_version(any: &Any) -> String {
 /// computed once and shared by every stream.
 pub struct Snapshot {
     pub version: u64,
-    pub resources: Resources,
-    versions: HashMap<&'static str, HashMap<String, String>>,
+    pub types: HashMap<&'static str, BTreeMap<Name, Entry>>,
     /// The snapshot `changed` is relative to (0: none).
     prev_version: u64,
     /// Per type: names added, changed or removed since `prev_version`.
-    changed: HashMap<&'static str, BTreeSet<String>>,
+    changed: HashMap<&'static str, Vec<Name>>,
 }
 
 impl Snapshot {
     pub fn new(version: u64, resources: Resources, prev: Option<&Snapshot>) -> Snapshot {
-        let versions: HashMap<&'static str, HashMap<String, String>> =
-            resources.iter().map(|(t, m)| (*t, m.iter().map(|(n, a)| (n.clone(), resource_version(a))).collect())).collect();
-        let mut changed: HashMap<&'static str, BTreeSet<String>> = HashMap::new();
+        let types: HashMap<&'static str, BTreeMap<Name, Entry>> = resources
+            .into_iter()
+            .map(|(t, m)| {
+                // Reuse the previous snapshot's name allocation, which the streams share.
+                let before = prev.and_then(|p| p.types.get(t));
+                let entries = m
+                    .into_iter()
+                    .map(|(n, any)| {
+                        let name = before.and_then(|b| b.get_key_value(n.as_str())).map_or_else(|| Name::from(n), |(k, _)| Arc::clone(k));
+                        let version = resource_version(&any);
+                        (name, Entry { any, version })
+                    })
+                    .collect();
+                (t, entries)
+            })
+            .collect();
+        let mut changed: HashMap<&'static str, Vec<Name>> = HashMap::new();
         if let Some(prev) = prev {
             for type_url in TYPE_ORDER {
-                let empty = HashMap::new();
-                let now = versions.get(type_url).unwrap_or(&empty);
-                let before = prev.versions.get(type_url).unwrap_or(&empty);
+                let empty = BTreeMap::new();
+                let now = types.get(type_url).unwrap_or(&empty);
+                let before = prev.types.get(type_url).unwrap_or(&empty);
                 let set = changed.entry(type_url).or_default();
-                set.extend(now.iter().filter(|(n, v)| before.get(*n) != Some(*v)).map(|(n, _)| n.clone()));
+                set.extend(now.iter().filter(|(n, e)| before.get(*n).map(|b| b.version) != Some(e.version)).map(|(n, _)| Arc::clone(n)));
                 set.extend(before.keys().filter(|n| !now.contains_key(*n)).cloned());
             }
         }
-        Snapshot { version, resources, versions, prev_version: prev.map_or(0, |p| p.version), changed }
+        Snapshot { version, types, prev_version: prev.map_or(0, |p| p.version), changed }
+    }
+
+    fn entries(&self, type_url: &str) -> Option<&BTreeMap<Name, Entry>> {
+        self.types.get(type_url)
+    }
+
+    /// The shared allocation of a name this snapshot holds, or a new one.
+    fn intern(&self, type_url: &str, name: &str) -> Name {
+        self.entries(type_url).and_then(|m| m.get_key_value(name)).map_or_else(|| Name::from(name), |(k, _)| Arc::clone(k))
     }
 }
 
-/// One type's resources as a proxy sees them: the shared snapshot plus the
-/// proxy's own (inbound) resources, whose names never collide with shared ones.
-pub struct TypeView<'a> {
-    shared: Option<&'a BTreeMap<String, Any>>,
-    shared_versions: Option<&'a HashMap<String, String>>,
-    own: Option<&'a BTreeMap<String, Any>>,
-    /// Names changed since the snapshot the stream last processed, if known.
-    changed: Option<&'a BTreeSet<String>>,
-}
-
-impl<'a> TypeView<'a> {
-    fn iter(&self) -> impl Iterator<Item = (&'a str, &'a Any)> + '_ {
-        self.shared.into_iter().flatten().chain(self.own.into_iter().flatten()).map(|(n, a)| (n.as_str(), a))
-    }
-
-    fn get(&self, name: &str) -> Option<&'a Any> {
-        self.shared.and_then(|m| m.get(name)).or_else(|| self.own.and_then(|m| m.get(name)))
-    }
-
-    fn version(&self, name: &str) -> Option<String> {
-        self.shared_versions.and_then(|m| m.get(name).cloned()).or_else(|| self.own.and_then(|m| m.get(name)).map(resource_version))
-    }
-}
-
-/// A proxy's resources: the shared snapshot and the few that are its own.
+/// A proxy's resources: the shared snapshot and the few that are its own
+/// (inbound), whose names never collide with shared ones.
 pub struct ProxyResources {
     pub shared: Arc<Snapshot>,
     pub own: Resources,
 }
 
 impl ProxyResources {
-    /// The view of one type; `since` is the snapshot version the stream last
-    /// processed, which lets it look at changed names only.
-    pub fn of_type(&self, type_url: &str, since: Option<u64>) -> TypeView<'_> {
-        let changed = match since {
-            Some(v) if v != 0 && v == self.shared.prev_version => self.shared.changed.get(type_url),
-            _ => None,
-        };
-        TypeView {
-            shared: self.shared.resources.get(type_url),
-            shared_versions: self.shared.versions.get(type_url),
-            own: self.own.get(type_url),
-            changed,
+    fn get(&self, type_url: &str, name: &str) -> Option<(&Any, u64)> {
+        if let Some(e) = self.shared.entries(type_url).and_then(|m| m.get(name)) {
+            return Some((&e.any, e.version));
         }
+        self.own.get(type_url).and_then(|m| m.get(name)).map(|a| (a, resource_version(a)))
+    }
+
+    /// Every resource of a type, shared first, then own.
+    pub fn iter(&self, type_url: &str) -> impl Iterator<Item = (&str, &Any, u64)> + '_ {
+        let shared = self.shared.entries(type_url).into_iter().flatten().map(|(n, e)| (&**n, &e.any, e.version));
+        let own = self.own.get(type_url).into_iter().flatten().map(|(n, a)| (n.as_str(), a, resource_version(a)));
+        shared.chain(own)
     }
 }
 
@@ -216,9 +319,9 @@ struct SotwType {
 }
 
 /// The State-of-the-World response for one type, if it differs from what was sent.
-fn sotw_response(t: &mut SotwType, type_url: &str, of_type: &TypeView<'_>, nonce: u64, force: bool) -> Option<DiscoveryResponse> {
-    let chosen: Vec<(&str, &Any)> = of_type.iter().filter(|(n, _)| t.wildcard || t.names.contains(*n)).collect();
-    let version = version_of(chosen.iter().copied());
+fn sotw_response(t: &mut SotwType, type_url: &str, resources: &ProxyResources, nonce: u64, force: bool) -> Option<DiscoveryResponse> {
+    let chosen: Vec<(&str, &Any, u64)> = resources.iter(type_url).filter(|(n, _, _)| t.wildcard || t.names.contains(*n)).collect();
+    let version = version_of(chosen.iter().map(|(n, _, v)| (xxhash_rust::xxh3::xxh3_64(n.as_bytes()), *v)));
     if !force && t.sent_version.as_deref() == Some(version.as_str()) {
         return None;
     }
@@ -226,49 +329,132 @@ fn sotw_response(t: &mut SotwType, type_url: &str, of_type: &TypeView<'_>, nonce
     t.sent_version = Some(version.clone());
     Some(DiscoveryResponse {
         version_info: version,
-        resources: chosen.into_iter().map(|(_, a)| a.clone()).collect(),
+        resources: chosen.into_iter().map(|(_, a, _)| a.clone()).collect(),
         type_url: type_url.into(),
         nonce: t.nonce.clone(),
         ..Default::default()
     })
 }
 
-#[derive(Debug, Default)]
+/// What a proxy holds of one resource, when that differs from what its
+/// stream's base snapshot implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Absent,
+    Version(u64),
+    /// Declared on reconnect with a version this server did not write.
+    Unknown,
+}
+
+/// One type of a Delta stream. What the proxy holds is kept as "the wanted part
+/// of `base`", plus `overrides` where it differs, so a proxy in sync costs a
+/// pointer rather than a copy of every name and version.
+#[derive(Default)]
 struct DeltaType {
-    subscribed: BTreeSet<String>,
+    subscribed: BTreeSet<Name>,
     wildcard: bool,
-    /// name → version the proxy has (sent, or declared on reconnect)
-    known: BTreeMap<String, String>,
+    /// The snapshot whose wanted resources the proxy holds (sent, maybe not yet ACKed).
+    base: Option<Arc<Snapshot>>,
+    overrides: HashMap<Name, Held>,
     nonce: String,
 }
 
+impl DeltaType {
+    fn wanted(&self, name: &str) -> bool {
+        self.wildcard || self.subscribed.contains(name)
+    }
+
+    fn held(&self, type_url: &str, name: &str) -> Held {
+        if let Some(h) = self.overrides.get(name) {
+            return *h;
+        }
+        match self.base.as_ref().and_then(|b| b.entries(type_url)).and_then(|m| m.get(name)) {
+            Some(e) if self.wanted(name) => Held::Version(e.version),
+            _ => Held::Absent,
+        }
+    }
+
+    fn base_has(&self, type_url: &str, name: &str) -> bool {
+        self.base.as_ref().and_then(|b| b.entries(type_url)).is_some_and(|m| m.contains_key(name))
+    }
+
+    fn subscribe(&mut self, type_url: &str, name: Name) {
+        // Newly wanted: the proxy does not have it, whatever the base says.
+        if !self.wanted(&name) && !self.overrides.contains_key(&name) && self.base_has(type_url, &name) {
+            self.overrides.insert(Arc::clone(&name), Held::Absent);
+        }
+        self.subscribed.insert(name);
+    }
+
+    fn unsubscribe(&mut self, name: &str) {
+        // The proxy forgets it; with it unwanted, the base implies Absent.
+        self.subscribed.remove(name);
+        self.overrides.remove(name);
+    }
+
+    fn subscribe_wildcard(&mut self, type_url: &str) {
+        if !self.wildcard {
+            let newly: Vec<Name> = match self.base.as_ref().and_then(|b| b.entries(type_url)) {
+                Some(m) => m.keys().filter(|n| !self.subscribed.contains(&***n) && !self.overrides.contains_key(&***n)).cloned().collect(),
+                None => Vec::new(),
+            };
+            self.overrides.extend(newly.into_iter().map(|n| (n, Held::Absent)));
+            self.wildcard = true;
+        }
+    }
+
+    fn unsubscribe_wildcard(&mut self) {
+        self.wildcard = false;
+        let subscribed = &self.subscribed;
+        self.overrides.retain(|n, _| subscribed.contains(n));
+    }
+}
+
 /// The Delta response for one type: changed and removed resources, if any.
-fn delta_response(t: &mut DeltaType, type_url: &str, of_type: &TypeView<'_>, system_version: u64, nonce: u64, force: bool) -> Option<DeltaDiscoveryResponse> {
+/// Afterwards the proxy is taken to hold the wanted part of `current`.
+fn delta_response(t: &mut DeltaType, type_url: &str, current: &ProxyResources, system_version: u64, nonce: u64, force: bool) -> Option<DeltaDiscoveryResponse> {
+    let snapshot = &current.shared;
+    let base_version = t.base.as_ref().map(|b| b.version);
+    let own = current.own.get(type_url);
+    // Only names that may differ: those changed since the base (when the base is
+    // this snapshot or its predecessor), the proxy's own few, and the overrides.
+    let mut candidates: BTreeSet<Name> = t.overrides.keys().cloned().collect();
+    candidates.extend(own.into_iter().flatten().map(|(n, _)| Name::from(n.as_str())));
+    let incremental = !force && base_version.is_some();
+    if incremental && t.base.as_ref().is_some_and(|b| Arc::ptr_eq(b, snapshot)) {
+        // Nothing shared changed.
+    } else if incremental && snapshot.prev_version != 0 && base_version == Some(snapshot.prev_version) {
+        candidates.extend(snapshot.changed.get(type_url).into_iter().flatten().cloned());
+    } else {
+        candidates.extend(snapshot.entries(type_url).into_iter().flatten().map(|(n, _)| Arc::clone(n)));
+        if let Some(base) = t.base.as_ref().and_then(|b| b.entries(type_url)) {
+            candidates.extend(base.keys().cloned());
+        }
+    }
     let mut resources = Vec::new();
     let mut removed: Vec<String> = Vec::new();
-    let wanted = |t: &DeltaType, n: &str| t.wildcard || t.subscribed.contains(n);
-    // Only names that changed since the last processed snapshot (plus the proxy's
-    // own few) when that is known; every name otherwise.
-    let candidates: Vec<String> = match (of_type.changed, force) {
-        (Some(changed), false) => changed.iter().cloned().chain(of_type.own.into_iter().flatten().map(|(n, _)| n.clone())).collect(),
-        _ => of_type.iter().map(|(n, _)| n.to_string()).chain(t.known.keys().cloned()).collect::<BTreeSet<String>>().into_iter().collect(),
-    };
+    let mut own_held: Vec<(Name, u64)> = Vec::new();
     for name in candidates {
-        match (of_type.get(&name), wanted(t, &name)) {
-            (Some(any), true) => {
-                let version = of_type.version(&name).unwrap_or_default();
-                if t.known.get(&name) != Some(&version) {
-                    t.known.insert(name.clone(), version.clone());
-                    resources.push(Resource { name, version, resource: Some(any.clone()), ..Default::default() });
+        let held = t.held(type_url, &name);
+        match current.get(type_url, &name) {
+            Some((any, version)) if t.wanted(&name) => {
+                if own.is_some_and(|m| m.contains_key(&*name)) {
+                    own_held.push((Arc::clone(&name), version));
+                }
+                if held != Held::Version(version) {
+                    resources.push(Resource { name: name.to_string(), version: format_version(version), resource: Some(any.clone()), ..Default::default() });
                 }
             }
             _ => {
-                if t.known.remove(&name).is_some() {
-                    removed.push(name);
+                if held != Held::Absent {
+                    removed.push(name.to_string());
                 }
             }
         }
     }
+    // The proxy now holds the wanted part of this snapshot, plus its own.
+    t.base = Some(Arc::clone(snapshot));
+    t.overrides = own_held.into_iter().map(|(n, v)| (n, Held::Version(v))).collect();
     if resources.is_empty() && removed.is_empty() && !force {
         return None;
     }
@@ -281,6 +467,37 @@ fn delta_response(t: &mut DeltaType, type_url: &str, of_type: &TypeView<'_>, sys
         nonce: t.nonce.clone(),
         ..Default::default()
     })
+}
+
+/// Resources per Delta response part.
+const DELTA_PART_RESOURCES: usize = 100;
+
+/// Splits a Delta response into parts of at most `per_part` resources, each
+/// with its own nonce; removals go in the last part. Delta responses are
+/// independent, so a proxy applies and answers each part on its own.
+fn split_delta(mut resp: DeltaDiscoveryResponse, per_part: usize, nonce: &mut u64) -> Vec<DeltaDiscoveryResponse> {
+    if resp.resources.len() <= per_part {
+        return vec![resp];
+    }
+    let mut parts = Vec::new();
+    let all = std::mem::take(&mut resp.resources);
+    let removed = std::mem::take(&mut resp.removed_resources);
+    let count = all.len().div_ceil(per_part);
+    let mut it = all.into_iter();
+    for i in 0..count {
+        if i > 0 {
+            *nonce += 1;
+        }
+        parts.push(DeltaDiscoveryResponse {
+            system_version_info: resp.system_version_info.clone(),
+            resources: it.by_ref().take(per_part).collect(),
+            type_url: resp.type_url.clone(),
+            removed_resources: if i + 1 == count { removed.clone() } else { Vec::new() },
+            nonce: nonce.to_string(),
+            ..Default::default()
+        });
+    }
+    parts
 }
 
 type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -322,14 +539,16 @@ impl AggregatedDiscoveryService for AdsService {
         let server = Arc::clone(&self.0);
         let proxy = server.registry.connect(&node_id, &server.revision, "sotw");
         let span = tracing::info_span!("ads", proxy = %node_id, mode = "sotw");
+        server.stream_opened(&node_id, &ctx, &ips);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 tracing::info!("proxy connected");
                 let mut model = server.model.clone();
                 let mut types: HashMap<String, SotwType> = HashMap::new();
+                let mut slot = PushSlot::default();
                 let mut nonce = 0u64;
                 let mut pending = Some(first);
-                while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
+                'stream: while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
                     // Only a model event marks the model seen: a change that lands
                     // while a request is handled must still wake this stream.
                     let published = if request.is_some() { model.borrow().clone() } else { model.borrow_and_update().clone() };
@@ -345,6 +564,9 @@ impl AggregatedDiscoveryService for AdsService {
                             if !req.response_nonce.is_empty() && !t.nonce.is_empty() && req.response_nonce != t.nonce {
                                 continue;
                             }
+                            if !req.response_nonce.is_empty() {
+                                slot.answered(&type_url);
+                            }
                             proxy.record(&type_url, status, published.version);
                             let names: BTreeSet<String> = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
                             let wildcard = req.resource_names.iter().any(|n| n == "*") || (is_wildcard_type(&type_url) && req.resource_names.is_empty());
@@ -358,17 +580,23 @@ impl AggregatedDiscoveryService for AdsService {
                         None => sends.extend(TYPE_ORDER.iter().filter(|u| types.contains_key(**u)).map(|u| (u.to_string(), false))),
                     }
                     for (type_url, first_time) in sends {
+                        let newly_unanswered = slot.before_send(&server.push_permits, &type_url).await;
                         let Some(t) = types.get_mut(&type_url) else { continue };
                         nonce += 1;
-                        if let Some(resp) = sotw_response(t, &type_url, &resources.of_type(&type_url, None), nonce, first_time) {
-                            proxy.sent(&type_url, &resp.version_info, &resp.nonce, published.version);
-                            if tx.send(Ok(resp)).await.is_err() {
-                                return;
+                        match sotw_response(t, &type_url, &resources, nonce, first_time) {
+                            Some(resp) => {
+                                proxy.sent(&type_url, &resp.version_info, &resp.nonce, published.version);
+                                if tx.send(Ok(resp)).await.is_err() {
+                                    break 'stream;
+                                }
                             }
+                            None if newly_unanswered => slot.answered(&type_url),
+                            None => {}
                         }
                     }
                 }
                 tracing::info!("proxy disconnected");
+                server.stream_closed(&node_id);
                 drop(proxy);
             },
             span,
@@ -384,20 +612,19 @@ impl AggregatedDiscoveryService for AdsService {
         let server = Arc::clone(&self.0);
         let proxy = server.registry.connect(&node_id, &server.revision, "delta");
         let span = tracing::info_span!("ads", proxy = %node_id, mode = "delta");
+        server.stream_opened(&node_id, &ctx, &ips);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 tracing::info!("proxy connected");
                 let mut model = server.model.clone();
                 let mut types: HashMap<String, DeltaType> = HashMap::new();
-                // The snapshot version whose changes this stream has fully pushed.
-                let mut synced: Option<u64> = None;
+                let mut slot = PushSlot::default();
                 let mut nonce = 0u64;
                 let mut pending = Some(first);
-                while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
+                'stream: while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
                     // Only a model event marks the model seen: a change that lands
                     // while a request is handled must still wake this stream.
                     let published = if request.is_some() { model.borrow().clone() } else { model.borrow_and_update().clone() };
-                    let is_model_event = request.is_none();
                     let resources = ProxyResources { shared: server.resources(&ctx, &published).await, own: translate::inbound(&published.model, &ips, &ctx) };
                     let mut sends: Vec<(String, bool)> = Vec::new();
                     match request {
@@ -409,19 +636,26 @@ impl AggregatedDiscoveryService for AdsService {
                                 t.wildcard = is_wildcard_type(&type_url) && req.resource_names_subscribe.is_empty();
                                 // A reconnecting proxy says what it has; do not resend that.
                                 for (name, version) in &req.initial_resource_versions {
-                                    t.known.insert(name.clone(), version.clone());
+                                    let held = parse_version(version).map_or(Held::Unknown, Held::Version);
+                                    t.overrides.insert(resources.shared.intern(&type_url, name), held);
                                 }
                             }
+                            // Every Delta response stands alone (a NACK of any part matters),
+                            // so there are no stale answers; the latest one frees the push slot.
                             let ack_or_nack = !req.response_nonce.is_empty();
-                            if ack_or_nack && !t.nonce.is_empty() && req.response_nonce != t.nonce && req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty() {
-                                continue; // stale
+                            if ack_or_nack && req.response_nonce == t.nonce {
+                                slot.answered(&type_url);
                             }
                             proxy.record(&type_url, TypeStatus::from_delta(&req), published.version);
                             for n in &req.resource_names_subscribe {
-                                if n == "*" { t.wildcard = true } else { t.subscribed.insert(n.clone()); }
+                                if n == "*" {
+                                    t.subscribe_wildcard(&type_url);
+                                } else {
+                                    t.subscribe(&type_url, resources.shared.intern(&type_url, n));
+                                }
                             }
                             for n in &req.resource_names_unsubscribe {
-                                if n == "*" { t.wildcard = false } else { t.subscribed.remove(n); t.known.remove(n); }
+                                if n == "*" { t.unsubscribe_wildcard() } else { t.unsubscribe(n) }
                             }
                             let subscription_changed = !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
                             if is_new || subscription_changed {
@@ -430,22 +664,32 @@ impl AggregatedDiscoveryService for AdsService {
                         }
                         None => sends.extend(TYPE_ORDER.iter().filter(|u| types.contains_key(**u)).map(|u| (u.to_string(), false))),
                     }
-                    let since = if is_model_event { synced } else { None };
                     for (type_url, force) in sends {
+                        let newly_unanswered = slot.before_send(&server.push_permits, &type_url).await;
                         let Some(t) = types.get_mut(&type_url) else { continue };
                         nonce += 1;
-                        if let Some(resp) = delta_response(t, &type_url, &resources.of_type(&type_url, since), published.version, nonce, force) {
-                            proxy.sent(&type_url, &resp.system_version_info, &resp.nonce, published.version);
-                            if tx.send(Ok(resp)).await.is_err() {
-                                return;
+                        match delta_response(t, &type_url, &resources, published.version, nonce, force) {
+                            Some(resp) => {
+                                // Sent in parts: the gRPC encoder keeps a buffer as big as the
+                                // largest message it wrote, per stream, for the stream's life.
+                                let parts = split_delta(resp, DELTA_PART_RESOURCES, &mut nonce);
+                                if let Some(last) = parts.last() {
+                                    t.nonce = last.nonce.clone();
+                                }
+                                for part in parts {
+                                    proxy.sent(&type_url, &part.system_version_info, &part.nonce, published.version);
+                                    if tx.send(Ok(part)).await.is_err() {
+                                        break 'stream;
+                                    }
+                                }
                             }
+                            None if newly_unanswered => slot.answered(&type_url),
+                            None => {}
                         }
-                    }
-                    if is_model_event {
-                        synced = Some(resources.shared.version);
                     }
                 }
                 tracing::info!("proxy disconnected");
+                server.stream_closed(&node_id);
                 drop(proxy);
             },
             span,
@@ -463,13 +707,21 @@ mod tests {
         Any { type_url: ENDPOINT_TYPE.into(), value: bytes.to_vec() }
     }
 
-    fn resources(items: &[(&str, &[u8])]) -> ProxyResources {
+    fn build(items: &[(&str, &[u8])]) -> Resources {
         let mut r: Resources = BTreeMap::new();
         let m = r.entry(ENDPOINT_TYPE).or_default();
         for (n, b) in items {
             m.insert(n.to_string(), any(b));
         }
-        ProxyResources { shared: Arc::new(Snapshot::new(1, r, None)), own: BTreeMap::new() }
+        r
+    }
+
+    fn resources(items: &[(&str, &[u8])]) -> ProxyResources {
+        ProxyResources { shared: Arc::new(Snapshot::new(1, build(items), None)), own: BTreeMap::new() }
+    }
+
+    fn names(resp: &DeltaDiscoveryResponse) -> Vec<&str> {
+        resp.resources.iter().map(|r| r.name.as_str()).collect()
     }
 
     fn node(revision: Option<&str>) -> Node {
@@ -494,66 +746,122 @@ mod tests {
     fn sotw_sends_by_name_and_only_on_change() {
         let mut t = SotwType { names: ["a".to_string()].into(), ..Default::default() };
         let r1 = resources(&[("a", b"1"), ("b", b"2")]);
-        let resp = sotw_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE, None), 1, true).expect("first response");
+        let resp = sotw_response(&mut t, ENDPOINT_TYPE, &r1, 1, true).expect("first response");
         assert_eq!(resp.resources.len(), 1, "only the subscribed name");
         assert_eq!(resp.nonce, "1");
         // Same content: nothing to send.
-        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE, None), 2, false).is_none());
+        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &r1, 2, false).is_none());
         // A change to an unsubscribed resource: nothing either.
-        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"1"), ("b", b"3")]).of_type(ENDPOINT_TYPE, None), 3, false).is_none());
+        assert!(sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"1"), ("b", b"3")]), 3, false).is_none());
         // A change to the subscribed one: a new version and nonce.
-        let resp2 = sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"9")]).of_type(ENDPOINT_TYPE, None), 4, false).expect("changed");
+        let resp2 = sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"9")]), 4, false).expect("changed");
         assert_ne!(resp2.version_info, resp.version_info);
         assert_eq!(t.nonce, "4");
     }
 
     #[test]
-    fn delta_looks_only_at_changed_names_when_in_sync() {
-        let build = |items: &[(&str, &[u8])]| {
-            let mut r: Resources = BTreeMap::new();
-            let m = r.entry(ENDPOINT_TYPE).or_default();
-            for (n, b) in items {
-                m.insert(n.to_string(), any(b));
-            }
-            r
-        };
+    fn snapshots_share_names_and_know_what_changed() {
+        let s1 = Snapshot::new(1, build(&[("a", b"1"), ("b", b"2"), ("c", b"3")]), None);
+        let s2 = Snapshot::new(2, build(&[("a", b"1"), ("b", b"9")]), Some(&s1));
+        assert_eq!(s2.changed[ENDPOINT_TYPE].iter().map(|n| &**n).collect::<Vec<_>>(), ["b", "c"]);
+        let a1 = s1.types[ENDPOINT_TYPE].get_key_value("a").expect("a").0;
+        let a2 = s2.types[ENDPOINT_TYPE].get_key_value("a").expect("a").0;
+        assert!(Arc::ptr_eq(a1, a2), "one allocation per name across snapshots");
+    }
+
+    #[test]
+    fn delta_in_sync_diffs_only_changed_names_and_keeps_no_per_name_state() {
         let s1 = Arc::new(Snapshot::new(1, build(&[("a", b"1"), ("b", b"2"), ("c", b"3")]), None));
         let s2 = Arc::new(Snapshot::new(2, build(&[("a", b"1"), ("b", b"9")]), Some(&s1)));
-        assert_eq!(s2.changed[ENDPOINT_TYPE].iter().map(String::as_str).collect::<Vec<_>>(), ["b", "c"]);
         let mut t = DeltaType { wildcard: true, ..Default::default() };
         let p1 = ProxyResources { shared: Arc::clone(&s1), own: BTreeMap::new() };
-        delta_response(&mut t, ENDPOINT_TYPE, &p1.of_type(ENDPOINT_TYPE, None), 1, 1, true).expect("initial");
+        assert_eq!(names(&delta_response(&mut t, ENDPOINT_TYPE, &p1, 1, 1, true).expect("initial")), ["a", "b", "c"]);
+        assert!(t.overrides.is_empty(), "in sync: the base snapshot says it all");
         let p2 = ProxyResources { shared: s2, own: BTreeMap::new() };
-        let view = p2.of_type(ENDPOINT_TYPE, Some(1));
-        assert!(view.changed.is_some(), "in sync with the previous snapshot: incremental");
-        let resp = delta_response(&mut t, ENDPOINT_TYPE, &view, 2, 2, false).expect("diff");
-        assert_eq!(resp.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        let resp = delta_response(&mut t, ENDPOINT_TYPE, &p2, 2, 2, false).expect("diff");
+        assert_eq!(names(&resp), ["b"]);
         assert_eq!(resp.removed_resources, ["c"]);
-        assert!(p2.of_type(ENDPOINT_TYPE, Some(0)).changed.is_none(), "out of sync: full diff");
+        assert!(delta_response(&mut t, ENDPOINT_TYPE, &p2, 2, 3, false).is_none(), "nothing new");
     }
 
     #[test]
     fn delta_sends_changes_and_removals_and_honours_initial_versions() {
         let mut t = DeltaType { wildcard: true, ..Default::default() };
         let r1 = resources(&[("a", b"1"), ("b", b"2")]);
-        let first = delta_response(&mut t, ENDPOINT_TYPE, &r1.of_type(ENDPOINT_TYPE, None), 1, 1, true).expect("initial");
+        let first = delta_response(&mut t, ENDPOINT_TYPE, &r1, 1, 1, true).expect("initial");
         assert_eq!(first.resources.len(), 2);
+        // An unrelated snapshot (not the successor of the base): a full diff.
         let r2 = resources(&[("a", b"1"), ("c", b"3")]);
-        let next = delta_response(&mut t, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE, None), 2, 2, false).expect("diff");
-        assert_eq!(next.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c"]);
+        let next = delta_response(&mut t, ENDPOINT_TYPE, &r2, 2, 2, false).expect("diff");
+        assert_eq!(names(&next), ["c"]);
         assert_eq!(next.removed_resources, ["b"]);
-        assert!(delta_response(&mut t, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE, None), 3, 3, false).is_none());
+        assert!(delta_response(&mut t, ENDPOINT_TYPE, &r2, 3, 3, false).is_none());
 
-        // A reconnecting proxy that already has "a" at its version gets only "c".
+        // A reconnecting proxy that already has "a" at its version, and "x"
+        // (gone) at a version this server never wrote: it gets "c" and loses "x".
         let mut again = DeltaType { wildcard: true, ..Default::default() };
-        again.known.insert("a".into(), resource_version(&any(b"1")));
-        let resp = delta_response(&mut again, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE, None), 4, 1, true).expect("resync");
-        assert_eq!(resp.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c"]);
+        again.overrides.insert("a".into(), Held::Version(resource_version(&any(b"1"))));
+        again.overrides.insert("x".into(), parse_version("not-ours").map_or(Held::Unknown, Held::Version));
+        let resp = delta_response(&mut again, ENDPOINT_TYPE, &r2, 4, 1, true).expect("resync");
+        assert_eq!(names(&resp), ["c"]);
+        assert_eq!(resp.removed_resources, ["x"]);
 
-        // Explicit subscription: unsubscribed names are removed.
-        let mut named = DeltaType { subscribed: ["a".to_string()].into(), ..Default::default() };
-        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE, None), 1, 1, true).expect("a").resources.len(), 1);
-        named.subscribed.clear();
-        assert_eq!(delta_response(&mut named, ENDPOINT_TYPE, &r2.of_type(ENDPOINT_TYPE, None), 2, 2, false).expect("removal").removed_resources, ["a"]);
+        // Explicit subscription: unsubscribed names are removed, resubscribed ones resent.
+        let mut named = DeltaType::default();
+        named.subscribe(ENDPOINT_TYPE, "a".into());
+        assert_eq!(names(&delta_response(&mut named, ENDPOINT_TYPE, &r2, 1, 1, true).expect("a")), ["a"]);
+        named.unsubscribe("a");
+        // Envoy drops what it unsubscribes; nothing to remove, nothing to send.
+        assert!(delta_response(&mut named, ENDPOINT_TYPE, &r2, 2, 2, false).is_none());
+        named.subscribe(ENDPOINT_TYPE, "a".into());
+        named.subscribe(ENDPOINT_TYPE, "c".into());
+        assert_eq!(names(&delta_response(&mut named, ENDPOINT_TYPE, &r2, 3, 3, true).expect("both")), ["a", "c"]);
+    }
+
+    #[test]
+    fn delta_subscribing_to_a_name_the_base_already_holds_sends_it() {
+        let s1 = Arc::new(Snapshot::new(1, build(&[("a", b"1"), ("b", b"2")]), None));
+        let p1 = ProxyResources { shared: Arc::clone(&s1), own: BTreeMap::new() };
+        let mut t = DeltaType::default();
+        t.subscribe(ENDPOINT_TYPE, "a".into());
+        assert_eq!(names(&delta_response(&mut t, ENDPOINT_TYPE, &p1, 1, 1, true).expect("a")), ["a"]);
+        // "b" is in the base but was not wanted: the proxy lacks it.
+        t.subscribe(ENDPOINT_TYPE, "b".into());
+        assert_eq!(names(&delta_response(&mut t, ENDPOINT_TYPE, &p1, 1, 2, false).expect("b")), ["b"]);
+        // Wildcard on a named stream behaves the same way.
+        let mut w = DeltaType::default();
+        w.subscribe(ENDPOINT_TYPE, "a".into());
+        delta_response(&mut w, ENDPOINT_TYPE, &p1, 1, 1, true).expect("a");
+        w.subscribe_wildcard(ENDPOINT_TYPE);
+        assert_eq!(names(&delta_response(&mut w, ENDPOINT_TYPE, &p1, 1, 2, false).expect("b")), ["b"]);
+    }
+
+    #[test]
+    fn delta_responses_split_into_parts_with_their_own_nonces() {
+        let resp = DeltaDiscoveryResponse {
+            resources: (0..250).map(|i| Resource { name: format!("r{i}"), ..Default::default() }).collect(),
+            removed_resources: vec!["gone".into()],
+            nonce: "7".into(),
+            ..Default::default()
+        };
+        let mut nonce = 7;
+        let parts = split_delta(resp, 100, &mut nonce);
+        assert_eq!(parts.iter().map(|p| p.resources.len()).collect::<Vec<_>>(), [100, 100, 50]);
+        assert_eq!(parts.iter().map(|p| p.nonce.as_str()).collect::<Vec<_>>(), ["7", "8", "9"]);
+        assert_eq!(nonce, 9);
+        assert!(parts[0].removed_resources.is_empty() && parts[2].removed_resources == ["gone"]);
+    }
+
+    #[test]
+    fn delta_tracks_the_proxys_own_resources() {
+        let s1 = Arc::new(Snapshot::new(1, build(&[("a", b"1")]), None));
+        let mut own: Resources = BTreeMap::new();
+        own.entry(ENDPOINT_TYPE).or_default().insert("inbound".into(), any(b"in1"));
+        let p1 = ProxyResources { shared: Arc::clone(&s1), own };
+        let mut t = DeltaType { wildcard: true, ..Default::default() };
+        assert_eq!(names(&delta_response(&mut t, ENDPOINT_TYPE, &p1, 1, 1, true).expect("initial")), ["a", "inbound"]);
+        assert!(delta_response(&mut t, ENDPOINT_TYPE, &p1, 1, 2, false).is_none(), "own resource unchanged");
+        let p2 = ProxyResources { shared: Arc::clone(&s1), own: BTreeMap::new() };
+        assert_eq!(delta_response(&mut t, ENDPOINT_TYPE, &p2, 1, 3, false).expect("gone").removed_resources, ["inbound"]);
     }
 }

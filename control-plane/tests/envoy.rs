@@ -133,6 +133,43 @@ fn envoy_routes_by_pushed_config_sotw_and_delta() {
     };
     assert_eq!(ids(cp2.debug), ["envoy-dev2"]);
     assert!(!ids(cp.debug).contains(&"envoy-dev2".to_string()));
+
+    // xDS over TLS on the TLS port: Envoy verifies the control plane's
+    // certificate against the mesh root and the revision's service name.
+    let root = fetch_root(dir.path(), cp.ca);
+    let (_tls, tls_port, _) = envoy_over_tls(dir.path(), "envoy-tls", cp.ca, "dev", &root);
+    wait("the proxy on the TLS port to route", Duration::from_secs(30), || via(tls_port, "web.demo").is_some());
+    assert!(ids(cp.debug).contains(&"envoy-tls".to_string()));
+    // A root that did not sign the control plane's certificate: no config.
+    let stranger = dir.path().join("stranger-root.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=stranger", "-days", "1"])
+        .args(["-keyout", &dir.path().join("stranger.key").display().to_string(), "-out", &stranger.display().to_string()])
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (_untrusting, untrusting_port, _) = envoy_over_tls(dir.path(), "envoy-wrong-root", cp.ca, "dev", &stranger);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(via(untrusting_port, "web.demo"), None);
+    assert!(!ids(cp.debug).contains(&"envoy-wrong-root".to_string()));
+
+    // config_dump: what one proxy is served, by node id.
+    let dump: serde_json::Value = serde_json::from_str(&http_get(cp.debug, "/debug/config_dump?proxy=envoy-captured").expect("config_dump")).expect("json");
+    assert_eq!(dump["proxy"], "envoy-captured");
+    let clusters: Vec<&str> = dump["resources"]["Cluster"].as_array().expect("clusters").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert!(clusters.contains(&"outbound|80||web.demo.svc.cluster.local"), "{clusters:?}");
+    let listeners: Vec<&str> = dump["resources"]["Listener"].as_array().expect("listeners").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert!(listeners.contains(&"outbound") && listeners.iter().any(|l| l.starts_with("inbound")), "the proxy's own inbound listener: {listeners:?}");
+    let routes = dump["resources"]["RouteConfiguration"].to_string();
+    assert!(routes.contains("web.demo") && routes.contains("weight"), "{routes}");
+    let text = http_get(cp.debug, "/debug/config_dump?proxy=envoy-captured&format=text").expect("text dump");
+    assert!(text.contains("ClusterLoadAssignment") && text.contains("lb_endpoints"), "{text}");
+    let unknown = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{}/debug/config_dump?proxy=nobody", cp.debug)])
+        .output()
+        .expect("curl");
+    let unknown = String::from_utf8_lossy(&unknown.stdout).into_owned();
+    assert!(unknown.ends_with("\n404") && unknown.contains("no proxy \"nobody\" is connected"), "{unknown}");
 }
 
 #[test]

@@ -38,7 +38,34 @@ fn kubernetes_source_feeds_envoy_from_a_real_apiserver() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = cluster.kubeconfig.display().to_string();
+    // Without the mesh's namespace the CA Secret cannot be created: a clear error.
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .args(["--revision", "dev", "--source", "kubernetes", "--xds-listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--debug-listen", "127.0.0.1:0"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("control plane runs");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && stderr.contains("namespace revmesh-system does not exist"), "{stderr}");
+    cluster.kubectl_input(&["apply", "-f", "-"], Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: revmesh-system}\n")).expect("namespace");
+
     let cp = control_plane_with(dir.path(), "kubernetes", "dev", &[("KUBECONFIG", &kubeconfig)], &[]);
+    // The root was generated into the Secret, and published to every namespace.
+    let root = std::fs::read_to_string(fetch_root(dir.path(), cp.ca)).expect("root");
+    let secret_root = cluster.kubectl(&["get", "secret", "revmesh-ca", "-n", "revmesh-system", "-o", "jsonpath={.data.ca\\.crt}"]).expect("CA Secret");
+    let decoded = std::process::Command::new("base64").arg("-d").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().and_then(|mut c| {
+        use std::io::Write;
+        c.stdin.take().expect("stdin").write_all(secret_root.trim().as_bytes())?;
+        c.wait_with_output()
+    });
+    assert_eq!(String::from_utf8_lossy(&decoded.expect("base64").stdout), root, "the served root is the Secret's");
+    wait("the root ConfigMap in namespace demo", Duration::from_secs(20), || {
+        cluster.kubectl(&["get", "configmap", "revmesh-ca-root", "-n", "demo", "-o", "jsonpath={.data.root-cert\\.pem}"]).is_ok_and(|pem| pem == root)
+    });
+    // A second revision signs under the same root: proxies of both versions trust each other.
+    let cp_next = control_plane_with(dir.path(), "kubernetes", "dev-next", &[("KUBECONFIG", &kubeconfig)], &[]);
+    let next_root = std::fs::read_to_string(fetch_root(dir.path(), cp_next.ca)).expect("root");
+    assert_eq!(next_root, root, "both revisions serve the Secret's root");
+    drop(cp_next);
     let (_envoy, _listen, admin) = envoy(dir.path(), "envoy-kube", cp.xds, "dev", true);
     let name = "outbound|80||web.demo.svc.cluster.local";
     wait("Envoy to learn the Endpoints from the API server", Duration::from_secs(30), || envoy_hosts(admin, name) == ["192.0.2.10:8080"]);

@@ -80,8 +80,15 @@ pub fn control_plane_with(dir: &Path, source: &str, revision: &str, env: &[(&str
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("control plane starts");
-    let cp = ControlPlane { proc: Proc(child), xds, debug, ca, log };
-    wait("control plane debug port", Duration::from_secs(20), || http_get(cp.debug, "/ready").is_some());
+    let mut cp = ControlPlane { proc: Proc(child), xds, debug, ca, log };
+    let start = Instant::now();
+    while http_get(cp.debug, "/ready").is_none() {
+        let exited = cp.proc.0.try_wait().ok().flatten();
+        if exited.is_some() || start.elapsed() > Duration::from_secs(20) {
+            panic!("the control plane did not become ready ({exited:?}); its log:\n{}", std::fs::read_to_string(&cp.log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     cp
 }
 
@@ -92,7 +99,34 @@ pub fn envoy(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool) -> (
 
 /// Envoy with extra node metadata (YAML flow-mapping entries).
 pub fn envoy_with(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool, metadata: &str) -> (Proc, u16, u16) {
+    envoy_full(dir, name, xds, revision, delta, metadata, None)
+}
+
+/// Envoy reaching ADS on the TLS port, verifying the control plane's
+/// certificate against the mesh root and its service name, as a sidecar does.
+pub fn envoy_over_tls(dir: &Path, name: &str, tls_port: u16, revision: &str, root: &Path) -> (Proc, u16, u16) {
+    envoy_full(dir, name, tls_port, revision, true, "REVMESH_INTERCEPTION: NONE", Some(root))
+}
+
+fn envoy_full(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool, metadata: &str, tls_root: Option<&Path>) -> (Proc, u16, u16) {
     let (listen, admin) = (free_port(), free_port());
+    let transport = match tls_root {
+        None => String::new(),
+        Some(root) => format!(
+            r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: control-plane-{revision}.revmesh-system.svc
+        common_tls_context:
+          alpn_protocols: [h2]
+          validation_context:
+            trusted_ca: {{filename: "{}"}}
+            match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: control-plane-{revision}.revmesh-system.svc}}}}]
+"#,
+            root.display()
+        ),
+    };
     let bootstrap = format!(
         r#"node:
   id: {name}
@@ -116,7 +150,7 @@ static_resources:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
+{transport}    load_assignment:
       cluster_name: xds
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
 "#,
@@ -131,6 +165,18 @@ static_resources:
         .spawn()
         .expect("envoy starts");
     (Proc(child), listen, admin)
+}
+
+/// The mesh root the control plane serves (fetched without verification, as a
+/// test stands in for the ConfigMap the webhook mounts).
+pub fn fetch_root(dir: &Path, tls_port: u16) -> PathBuf {
+    let root = dir.join(format!("root-{tls_port}.pem"));
+    if !root.exists() {
+        let out = Command::new("curl").args(["-sk", &format!("https://127.0.0.1:{tls_port}/v1/root")]).output().expect("curl");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"), "no root from the TLS port");
+        std::fs::write(&root, &out.stdout).expect("root");
+    }
+    root
 }
 
 pub fn http_get(port: u16, path: &str) -> Option<String> {
@@ -192,12 +238,7 @@ pub fn request_certificate(dir: &Path, ca_port: u16, token: Option<&str>, csr: &
 }
 
 fn request_certificate_once(dir: &Path, ca_port: u16, token: Option<&str>, csr: &str) -> (u16, serde_json::Value) {
-    let root = dir.join(format!("root-{ca_port}.pem"));
-    if !root.exists() {
-        // Trust on first use, as a proxy does with the root the webhook mounts.
-        let out = Command::new("curl").args(["-sk", &format!("https://127.0.0.1:{ca_port}/v1/root")]).output().expect("curl");
-        std::fs::write(&root, &out.stdout).expect("root");
-    }
+    let root = fetch_root(dir, ca_port);
     let body = dir.join("csr.json");
     std::fs::write(&body, serde_json::json!({"csr": csr, "ttlSeconds": 600}).to_string()).expect("body");
     let mut cmd = Command::new("curl");
