@@ -1,0 +1,20 @@
+//! Revmesh's data plane.
+//!
+//! * [`capture`]: `sidecar init`, the iptables rules (pure rule building, then iptables).
+//! * [`xds`]: the Delta ADS client; [`config`]: xDS resources → routing tables (pure).
+//! * [`proxy`]: the outbound listener (original destination, protocol
+//!   detection, HTTP routing with retries and timeouts, TCP proxying, drain);
+//!   [`lb`]: endpoint choice, outlier ejection and the retry budget.
+//! * [`admin`], [`metrics`]: operator ports and Istio-named metrics.
+//! * [`tls`]: TLS to the control plane.
+//! * [`run`]: flags and wiring.
+
+pub mod admin;
+pub mod capture;
+pub mod config;
+pub mod lb;
+pub mod metrics;
+pub mod proxy;
+pub mod run;
+pub mod tls;
+pub mod xds;

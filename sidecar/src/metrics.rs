@@ -1,0 +1,76 @@
+//! Prometheus metrics with Istio's names, so existing dashboards read them:
+//! `istio_requests_total`, `istio_request_duration_milliseconds`,
+//! `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`,
+//! `istio_tcp_connections_opened_total`, `istio_tcp_connections_closed_total`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_principal: String,
+    pub destination_service: String,
+    pub response_code: u16,
+    pub revision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub destination_service: String,
+    pub revision: String,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<RequestLabels, Histogram>,
+    pub tcp_sent: Family<TcpLabels, Counter>,
+    pub tcp_received: Family<TcpLabels, Counter>,
+    pub tcp_opened: Family<TcpLabels, Counter>,
+    pub tcp_closed: Family<TcpLabels, Counter>,
+    pub retries: Counter,
+    pub ejections: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("istio_requests", "Requests handled by the proxy", requests.clone());
+        let duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0].into_iter())
+        });
+        registry.register("istio_request_duration_milliseconds", "Request duration", duration.clone());
+        let tcp_sent = Family::<TcpLabels, Counter>::default();
+        registry.register("istio_tcp_sent_bytes", "Bytes sent to the destination over TCP", tcp_sent.clone());
+        let tcp_received = Family::<TcpLabels, Counter>::default();
+        registry.register("istio_tcp_received_bytes", "Bytes received from the destination over TCP", tcp_received.clone());
+        let tcp_opened = Family::<TcpLabels, Counter>::default();
+        registry.register("istio_tcp_connections_opened", "TCP connections opened", tcp_opened.clone());
+        let tcp_closed = Family::<TcpLabels, Counter>::default();
+        registry.register("istio_tcp_connections_closed", "TCP connections closed", tcp_closed.clone());
+        let retries = Counter::default();
+        registry.register("revmesh_proxy_retries", "Upstream attempts beyond the first", retries.clone());
+        let ejections = Counter::default();
+        registry.register("revmesh_proxy_outlier_ejections", "Endpoints ejected after consecutive failures", ejections.clone());
+        Metrics { registry: Mutex::new(registry), requests, duration, tcp_sent, tcp_received, tcp_opened, tcp_closed, retries, ejections }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        }
+        out
+    }
+}

@@ -1,0 +1,198 @@
+//! Flags and wiring of `sidecar init` and `sidecar run`.
+
+use crate::admin::{Admin, Port};
+use crate::capture::{self, CaptureOptions};
+use crate::config::ProxyConfig;
+use crate::metrics::Metrics;
+use crate::proxy::{Drain, Outbound};
+use crate::xds::{self, NodeInfo, XdsStatus, XdsTarget};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "sidecar", about = "Revmesh's proxy: `init` installs traffic capture, `run` proxies")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Install the iptables rules that capture the pod's TCP traffic (run as
+    /// root with NET_ADMIN in the pod's network namespace; idempotent).
+    Init(InitArgs),
+    /// Run the proxy.
+    Run(Box<RunArgs>),
+}
+
+fn list<T: std::str::FromStr>(text: &str) -> Result<Vec<T>, String> {
+    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| format!("{s:?} is not valid here"))).collect()
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// The proxy's uid: its own connections are never captured.
+    #[arg(long, default_value_t = 1337)]
+    pub proxy_uid: u32,
+    #[arg(long, default_value_t = 15001)]
+    pub outbound_port: u16,
+    #[arg(long, default_value_t = 15006)]
+    pub inbound_port: u16,
+    /// Ports whose inbound traffic goes straight to the app (comma-separated),
+    /// as the annotation sidecar.revmesh.io/excludeInboundPorts.
+    #[arg(long, value_parser = list::<u16>, default_value = "")]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// As sidecar.revmesh.io/excludeOutboundPorts.
+    #[arg(long, value_parser = list::<u16>, default_value = "")]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// As sidecar.revmesh.io/excludeOutboundIPRanges (CIDRs).
+    #[arg(long, value_parser = list::<ipnet::IpNet>, default_value = "")]
+    pub exclude_outbound_ip_ranges: Vec<ipnet::IpNet>,
+    /// Capture outbound traffic only.
+    #[arg(long)]
+    pub no_inbound: bool,
+    /// Print the commands instead of running them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The mesh version of this proxy; its control plane serves only that revision.
+    #[arg(long, env = "REVMESH_REVISION")]
+    pub revision: String,
+    /// The control plane, host:port (15012 TLS, or 15010 with --xds-plaintext).
+    #[arg(long, env = "REVMESH_CONTROL_PLANE")]
+    pub control_plane: String,
+    /// The name the control plane's certificate carries (default: the host of --control-plane).
+    #[arg(long)]
+    pub control_plane_name: Option<String>,
+    /// The mesh root (PEM), mounted from ConfigMap revmesh-ca-root.
+    #[arg(long, default_value = "/var/run/revmesh/ca-root/root-cert.pem")]
+    pub ca_root: PathBuf,
+    /// Plaintext xDS (port 15010; local development only).
+    #[arg(long)]
+    pub xds_plaintext: bool,
+    #[arg(long, default_value = "0.0.0.0:15001")]
+    pub outbound_listen: SocketAddr,
+    /// Traffic reaches the proxy by iptables REDIRECT (off: apps address the
+    /// outbound listener directly, with the service's name as Host).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub capture: bool,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_listen: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_listen: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub ready_listen: SocketAddr,
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub pod_name: String,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub pod_namespace: String,
+    #[arg(long, env = "INSTANCE_IP", value_parser = list::<std::net::IpAddr>, default_value = "")]
+    pub instance_ips: Vec<std::net::IpAddr>,
+    /// Workload name for metrics (default: the pod name).
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// Log filter (tracing syntax); change it later with POST /logging?level= on the admin port.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// On SIGTERM: stop accepting, then wait this long for requests in flight.
+    #[arg(long, default_value = "5", value_parser = |s: &str| s.trim_end_matches('s').parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{s:?} is not seconds")))]
+    pub drain_grace: Duration,
+}
+
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init(args) => init(args),
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(run(*args))
+        }
+    }
+}
+
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    let options = CaptureOptions {
+        proxy_uid: args.proxy_uid,
+        outbound_port: args.outbound_port,
+        inbound_port: args.inbound_port,
+        exclude_inbound_ports: args.exclude_inbound_ports,
+        exclude_outbound_ports: args.exclude_outbound_ports,
+        exclude_outbound_ip_ranges: args.exclude_outbound_ip_ranges,
+        capture_inbound: !args.no_inbound,
+    };
+    let rules = capture::rules(&options);
+    if args.dry_run {
+        print!("{}", capture::describe(&rules));
+        return Ok(());
+    }
+    capture::apply(&rules)?;
+    eprintln!("traffic capture installed: outbound → {}, inbound → {}", options.outbound_port, options.inbound_port);
+    Ok(())
+}
+
+fn logging(level: &str) -> anyhow::Result<crate::admin::SetLogLevel> {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("--log-level {level:?} is not a log filter"))?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false)).init();
+    Ok(Arc::new(move |text: &str| {
+        let next = tracing_subscriber::EnvFilter::try_new(text).map_err(|e| format!("{text:?} is not a log filter: {e}"))?;
+        handle.reload(next).map_err(|e| e.to_string())
+    }))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let set_log_level = logging(&args.log_level)?;
+    let tls = if args.xds_plaintext {
+        None
+    } else {
+        let root = std::fs::read_to_string(&args.ca_root).with_context(|| format!("reading the mesh root {} (or use --xds-plaintext for local development)", args.ca_root.display()))?;
+        let host = args.control_plane.rsplit_once(':').map_or(args.control_plane.as_str(), |(h, _)| h);
+        Some((root, args.control_plane_name.clone().unwrap_or_else(|| host.to_string())))
+    };
+    let pod = if args.pod_name.is_empty() { format!("sidecar-{}", std::process::id()) } else { args.pod_name.clone() };
+    let ip = args.instance_ips.first().map(|i| i.to_string()).unwrap_or_default();
+    let node = NodeInfo {
+        id: format!("sidecar~{ip}~{pod}.{ns}~{ns}.svc.cluster.local", ns = args.pod_namespace),
+        revision: args.revision.clone(),
+        outbound_address: args.outbound_listen,
+        captured: args.capture,
+        instance_ips: args.instance_ips.clone(),
+    };
+    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(ProxyConfig::default()));
+    let status = Arc::new(XdsStatus::default());
+    let metrics = Arc::new(Metrics::default());
+    let drain = Arc::new(Drain::default());
+
+    let bind = |addr: SocketAddr| async move { tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}")) };
+    let outbound_listener = bind(args.outbound_listen).await?;
+    let admin = Admin { config: config_rx.clone(), xds: Arc::clone(&status), metrics: Arc::clone(&metrics), drain: Arc::clone(&drain), set_log_level };
+    tokio::spawn(admin.clone().serve(bind(args.admin_listen).await?, Port::Admin));
+    tokio::spawn(admin.clone().serve(bind(args.metrics_listen).await?, Port::Metrics));
+    tokio::spawn(admin.serve(bind(args.ready_listen).await?, Port::Readiness));
+    tokio::spawn(xds::run(XdsTarget { address: args.control_plane.clone(), tls }, node.clone(), config_tx, Arc::clone(&status)));
+    let workload = args.workload.clone().unwrap_or(pod);
+    let outbound = Arc::new(Outbound::new(config_rx, metrics, args.capture, workload, args.revision.clone(), Arc::clone(&drain)));
+    let serving = tokio::spawn(Arc::clone(&outbound).serve(outbound_listener));
+    tracing::info!(node = %node.id, revision = %args.revision, control_plane = %args.control_plane, "proxy running");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!(grace = ?args.drain_grace, "draining");
+    let left = drain.drain(args.drain_grace).await;
+    serving.abort();
+    if left > 0 {
+        tracing::warn!(connections = left, "grace period over; closing the rest");
+    } else {
+        tracing::info!("drained");
+    }
+    Ok(())
+}
