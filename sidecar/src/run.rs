@@ -28,10 +28,6 @@ pub enum Command {
     Run(Box<RunArgs>),
 }
 
-fn list<T: std::str::FromStr>(text: &str) -> Result<Vec<T>, String> {
-    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| format!("{s:?} is not valid here"))).collect()
-}
-
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
     /// The proxy's uid: its own connections are never captured.
@@ -43,13 +39,13 @@ pub struct InitArgs {
     pub inbound_port: u16,
     /// Ports whose inbound traffic goes straight to the app (comma-separated),
     /// as the annotation sidecar.revmesh.io/excludeInboundPorts.
-    #[arg(long, value_parser = list::<u16>, default_value = "")]
+    #[arg(long, value_delimiter = ',')]
     pub exclude_inbound_ports: Vec<u16>,
     /// As sidecar.revmesh.io/excludeOutboundPorts.
-    #[arg(long, value_parser = list::<u16>, default_value = "")]
+    #[arg(long, value_delimiter = ',')]
     pub exclude_outbound_ports: Vec<u16>,
     /// As sidecar.revmesh.io/excludeOutboundIPRanges (CIDRs).
-    #[arg(long, value_parser = list::<ipnet::IpNet>, default_value = "")]
+    #[arg(long, value_delimiter = ',')]
     pub exclude_outbound_ip_ranges: Vec<ipnet::IpNet>,
     /// Capture outbound traffic only.
     #[arg(long)]
@@ -92,7 +88,7 @@ pub struct RunArgs {
     pub pod_name: String,
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub pod_namespace: String,
-    #[arg(long, env = "INSTANCE_IP", value_parser = list::<std::net::IpAddr>, default_value = "")]
+    #[arg(long, env = "INSTANCE_IP", value_delimiter = ',')]
     pub instance_ips: Vec<std::net::IpAddr>,
     /// Workload name for metrics (default: the pod name).
     #[arg(long)]
