@@ -127,4 +127,8 @@ pub struct MeshModel {
     pub services: BTreeMap<ServiceKey, Service>,
     pub endpoints: BTreeMap<ServiceKey, Vec<Endpoint>>,
     pub routes: Vec<HttpRoute>,
+    /// Addresses of injected pods (label `revmesh.io/rev`), with the
+    /// `namespace/serviceaccount` their proxy's certificate names: clients
+    /// reach these with mTLS and expect that identity.
+    pub meshed: BTreeMap<IpAddr, String>,
 }

@@ -115,7 +115,7 @@ pub fn translate(model: &MeshModel, proxy: &ProxyContext) -> Resources {
         let eps = model.endpoints.get(&svc.key).map(Vec::as_slice).unwrap_or(&[]);
         for sp in &svc.ports {
             let name = cluster_name(&svc.key, sp.port);
-            endpoints.insert(name.clone(), pack(&load_assignment(&name, sp, eps)));
+            endpoints.insert(name.clone(), pack(&load_assignment(&name, sp, eps, &model.meshed)));
         }
     }
     out.entry(ROUTE_TYPE).or_default().insert(OUTBOUND_ROUTE.into(), pack(&outbound_routes(model)));
@@ -148,7 +148,7 @@ fn endpoint_port(sp: &ServicePort, ep: &Endpoint) -> Option<u16> {
     }
 }
 
-pub fn load_assignment(name: &str, sp: &ServicePort, eps: &[Endpoint]) -> ClusterLoadAssignment {
+pub fn load_assignment(name: &str, sp: &ServicePort, eps: &[Endpoint], meshed: &BTreeMap<std::net::IpAddr, String>) -> ClusterLoadAssignment {
     let lb_endpoints = eps
         .iter()
         .filter(|e| e.ready)
@@ -156,11 +156,24 @@ pub fn load_assignment(name: &str, sp: &ServicePort, eps: &[Endpoint]) -> Cluste
             let port = endpoint_port(sp, e)?;
             Some(LbEndpoint {
                 host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint { address: Some(socket(e.ip, port)), ..Default::default() })),
+                metadata: meshed.get(&e.ip).map(|identity| mesh_metadata(identity)),
                 ..Default::default()
             })
         })
         .collect();
     ClusterLoadAssignment { cluster_name: name.into(), endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }], ..Default::default() }
+}
+
+/// Filter metadata key under which an endpoint's mesh facts travel.
+pub const MESH_METADATA: &str = "revmesh";
+
+/// Marks an endpoint as a meshed pod: clients use mTLS and expect the
+/// identity `namespace/serviceaccount` (Envoy ignores metadata it has no use for).
+fn mesh_metadata(identity: &str) -> envoy_types::pb::envoy::config::core::v3::Metadata {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let s = |v: &str| Value { kind: Some(Kind::StringValue(v.into())) };
+    let fields = [("tlsMode".to_string(), s("mtls")), ("identity".to_string(), s(identity))].into_iter().collect();
+    envoy_types::pb::envoy::config::core::v3::Metadata { filter_metadata: [(MESH_METADATA.to_string(), Struct { fields })].into_iter().collect(), ..Default::default() }
 }
 
 fn domains(svc: &Service, port: u16) -> Vec<String> {

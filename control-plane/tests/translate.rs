@@ -145,3 +145,19 @@ fn inbound_listener_for_the_proxys_own_ports() {
     let direct = ProxyContext { captured: false, ..ProxyContext::default() };
     assert!(translate::inbound(&m, &["10.0.0.1".parse().expect("ip")], &direct).is_empty());
 }
+
+#[test]
+fn injected_pods_mark_their_endpoints_for_mtls_with_their_identity() {
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop, labels: {revmesh.io/rev: 1-25-2}}\nspec: {serviceAccountName: web}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: plain, namespace: shop}\nstatus: {podIP: 10.0.0.2}\n";
+    let mut objects = Objects::default();
+    read_file("mesh.yaml", MESH, &mut objects).expect("mesh");
+    read_file("pods.yaml", pods, &mut objects).expect("pods");
+    let model = objects.into_model();
+    assert_eq!(model.meshed.len(), 1, "only the injected pod");
+    let r = translate::translate(&model, &ProxyContext::default());
+    let cla = ClusterLoadAssignment::decode(r[ENDPOINT_TYPE][&cluster_name(&ServiceKey::new("shop", "web"), 80)].value.as_slice()).expect("cla");
+    let eps = &cla.endpoints[0].lb_endpoints;
+    let meta = |i: usize| eps[i].metadata.as_ref().and_then(|m| m.filter_metadata.get(translate::MESH_METADATA)).map(|s| format!("{:?}", s.fields));
+    assert!(meta(0).is_some_and(|m| m.contains("mtls") && m.contains("shop/web")), "{:?}", meta(0));
+    assert_eq!(meta(1), None, "a pod without a proxy gets plaintext");
+}

@@ -7,7 +7,7 @@
 use super::manifests;
 use crate::model::{MeshModel, ServiceKey};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
@@ -34,6 +34,7 @@ struct Stores {
     services: Store<Service>,
     endpoints: EndpointStore,
     routes: Option<Store<DynamicObject>>,
+    pods: Store<Pod>,
 }
 
 fn meta_ns_name<K: Resource>(o: &K) -> (String, String) {
@@ -81,6 +82,13 @@ fn build(stores: &Stores) -> MeshModel {
             }
         }
     }
+    for p in stores.pods.state() {
+        let (ns, name) = meta_ns_name(p.as_ref());
+        match serde_json::to_value(p.as_ref()).map_err(|e| e.to_string()).and_then(|v| manifests::meshed_pod(&v, &ns)) {
+            Ok(found) => objects.meshed.extend(found),
+            Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "Pod skipped"),
+        }
+    }
     objects.into_model()
 }
 
@@ -95,9 +103,17 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    spawn_reflector_with(api, dyntype, watcher::Config::default(), changed)
+}
+
+fn spawn_reflector_with<K>(api: Api<K>, dyntype: K::DynamicType, config: watcher::Config, changed: mpsc::Sender<()>) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let writer = reflector::store::Writer::new(dyntype);
     let reader = writer.as_reader();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
@@ -131,8 +147,10 @@ pub async fn run(client: Client, debounce: Debounce, publish: impl Fn(MeshModel)
         tracing::info!("gateway.networking.k8s.io/v1 HTTPRoute not served; services route to themselves");
         None
     };
+    // Injected pods only: their addresses are reached with mTLS.
+    let pods = spawn_reflector_with(Api::<Pod>::all(client.clone()), (), watcher::Config::default().labels("revmesh.io/rev"), tx.clone());
     drop(tx);
-    let stores = Stores { services, endpoints, routes };
+    let stores = Stores { services, endpoints, routes, pods };
     let mut last: Option<MeshModel> = None;
     while rx.recv().await.is_some() {
         // Coalesce a burst of changes: wait for quiet, but never longer than max.

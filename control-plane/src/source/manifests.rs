@@ -27,6 +27,8 @@ pub struct Objects {
     /// From v1 Endpoints or EndpointSlices, keyed by service.
     pub endpoints: BTreeMap<ServiceKey, Vec<Endpoint>>,
     pub routes: Vec<HttpRoute>,
+    /// Injected pods' IPs → `namespace/serviceaccount`.
+    pub meshed: BTreeMap<std::net::IpAddr, String>,
 }
 
 impl Objects {
@@ -43,6 +45,7 @@ impl Objects {
             eps.dedup();
         }
         model.routes = self.routes;
+        model.meshed = self.meshed;
         model.routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         model
     }
@@ -73,6 +76,7 @@ pub fn read_file(file: &str, text: &str, objects: &mut Objects) -> Result<(), Ma
                 }),
                 "EndpointSlice" => endpoint_slice(item, ns).map(|(svc, e)| objects.endpoints.entry(svc).or_default().extend(e)),
                 "HTTPRoute" => http_route(item, ns, name).map(|r| objects.routes.push(r)),
+                "Pod" => meshed_pod(item, ns).map(|found| objects.meshed.extend(found)),
                 _ => Ok(()),
             };
             result.map_err(|m| err(object, m))?;
@@ -94,6 +98,22 @@ fn protocol(app_protocol: Option<&str>, name: &str) -> Protocol {
         "http2" | "grpc" | "h2c" | "kubernetes.io/h2c" => Protocol::Http2,
         _ => Protocol::Http,
     }
+}
+
+/// An injected pod's addresses and identity; nothing for other pods or pods
+/// without an IP yet.
+pub fn meshed_pod(v: &Value, ns: &str) -> Result<Vec<(std::net::IpAddr, String)>, String> {
+    if v["metadata"]["labels"]["revmesh.io/rev"].as_str().is_none() {
+        return Ok(Vec::new());
+    }
+    let sa = v["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
+    let mut ips: Vec<&str> = v["status"]["podIPs"].as_array().map(|a| a.iter().filter_map(|i| i["ip"].as_str()).collect()).unwrap_or_default();
+    if let Some(ip) = v["status"]["podIP"].as_str() {
+        ips.push(ip);
+    }
+    ips.into_iter()
+        .map(|ip| ip.parse().map(|ip| (ip, format!("{ns}/{sa}"))).map_err(|_| format!("status.podIP {ip:?} is not an IP address")))
+        .collect()
 }
 
 pub fn service(v: &Value, ns: &str, name: &str) -> Result<Service, String> {
