@@ -35,6 +35,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub drain: Arc<Drain>,
     pub set_log_level: SetLogLevel,
+    /// With mTLS on, readiness also waits for the first certificate.
+    pub mesh: Option<crate::tls::Mesh>,
 }
 
 pub fn config_dump(config: &ProxyConfig) -> serde_json::Value {
@@ -70,7 +72,7 @@ fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full
 
 impl Admin {
     fn ready(&self) -> bool {
-        self.xds.synced.load(Ordering::Relaxed) && !*self.drain.draining.borrow()
+        self.xds.synced.load(Ordering::Relaxed) && !*self.drain.draining.borrow() && self.mesh.as_ref().is_none_or(|m| m.has_certificate())
     }
 
     fn handle(&self, req: &Request<hyper::body::Incoming>, port: Port) -> Response<Full<Bytes>> {

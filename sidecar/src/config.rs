@@ -51,6 +51,9 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
     pub lb: LbPolicy,
     pub endpoints: Vec<SocketAddr>,
+    /// Meshed endpoints → the `namespace/serviceaccount` their certificate
+    /// must name; reached with mTLS. The rest get plaintext.
+    pub mtls: HashMap<SocketAddr, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +206,18 @@ fn route_configuration(rc: &RouteConfiguration) -> Result<Vec<VirtualHost>, Conf
     Ok(hosts)
 }
 
+/// The identity of a meshed endpoint, from the control plane's `revmesh`
+/// filter metadata (`tlsMode: mtls`, `identity: namespace/serviceaccount`).
+fn mesh_identity(e: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint) -> Option<String> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let fields = &e.metadata.as_ref()?.filter_metadata.get("revmesh")?.fields;
+    let text = |k: &str| match fields.get(k).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    };
+    (text("tlsMode").as_deref() == Some("mtls")).then(|| text("identity")).flatten()
+}
+
 fn lb_policy(c: &Cluster) -> LbPolicy {
     match cluster::LbPolicy::try_from(c.lb_policy) {
         Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
@@ -217,32 +232,35 @@ pub fn build(resources: &Resources) -> Result<ProxyConfig, ConfigError> {
     let empty = BTreeMap::new();
     let of = |t: &str| resources.get(t).unwrap_or(&empty);
     let mut config = ProxyConfig::default();
-    let mut assignments: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+    let mut assignments: HashMap<String, (Vec<SocketAddr>, HashMap<SocketAddr, String>)> = HashMap::new();
     for (name, any) in of(ENDPOINT_TYPE) {
         let cla: ClusterLoadAssignment = decode("endpoints", name, any)?;
-        let eps = cla
-            .endpoints
-            .iter()
-            .flat_map(|l| &l.lb_endpoints)
-            .filter_map(|e| match &e.host_identifier {
-                Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => socket(&ep.address),
-                _ => None,
-            })
-            .collect();
-        assignments.insert(name.clone(), eps);
+        let (mut eps, mut mtls) = (Vec::new(), HashMap::new());
+        for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else { continue };
+            let Some(addr) = socket(&ep.address) else { continue };
+            eps.push(addr);
+            if let Some(identity) = mesh_identity(e) {
+                mtls.insert(addr, identity);
+            }
+        }
+        assignments.insert(name.clone(), (eps, mtls));
     }
     for (name, any) in of(CLUSTER_TYPE) {
         let c: Cluster = decode("cluster", name, any)?;
         let http2 = c.typed_extension_protocol_options.contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions");
-        let endpoints = assignments.get(name).cloned().or_else(|| {
-            c.load_assignment.as_ref().map(|l| l.endpoints.iter().flat_map(|l| &l.lb_endpoints).filter_map(|e| match &e.host_identifier {
+        // Static clusters (the proxy's own inbound ones) carry their endpoints inline.
+        let inline = || -> (Vec<SocketAddr>, HashMap<SocketAddr, String>) {
+            let eps = c.load_assignment.iter().flat_map(|l| &l.endpoints).flat_map(|l| &l.lb_endpoints).filter_map(|e| match &e.host_identifier {
                 Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => socket(&ep.address),
                 _ => None,
-            }).collect())
-        });
+            });
+            (eps.collect(), HashMap::new())
+        };
+        let (endpoints, mtls) = assignments.get(name).cloned().unwrap_or_else(inline);
         config.clusters.insert(
             name.clone(),
-            ClusterConfig { name: name.clone(), http2, connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(1)), lb: lb_policy(&c), endpoints: endpoints.unwrap_or_default() },
+            ClusterConfig { name: name.clone(), http2, connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(1)), lb: lb_policy(&c), endpoints, mtls },
         );
     }
     for (name, any) in of(LISTENER_TYPE) {

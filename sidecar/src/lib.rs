@@ -5,13 +5,15 @@
 //! * [`proxy`]: the outbound listener (original destination, protocol
 //!   detection, HTTP routing with retries and timeouts, TCP proxying, drain);
 //!   [`lb`]: endpoint choice, outlier ejection and the retry budget.
+//! * [`inbound`]: the inbound listener (mTLS termination, peer identity, PERMISSIVE/STRICT).
 //! * [`admin`], [`metrics`]: operator ports and Istio-named metrics.
-//! * [`tls`]: TLS to the control plane.
+//! * [`tls`]: TLS to the control plane, and mTLS between proxies with SPIFFE identities.
 //! * [`run`]: flags and wiring.
 
 pub mod admin;
 pub mod capture;
 pub mod config;
+pub mod inbound;
 pub mod lb;
 pub mod metrics;
 pub mod proxy;

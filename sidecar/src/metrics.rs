@@ -38,6 +38,7 @@ pub struct Metrics {
     pub tcp_closed: Family<TcpLabels, Counter>,
     pub retries: Counter,
     pub ejections: Counter,
+    pub inbound_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -61,7 +62,9 @@ impl Default for Metrics {
         registry.register("revmesh_proxy_retries", "Upstream attempts beyond the first", retries.clone());
         let ejections = Counter::default();
         registry.register("revmesh_proxy_outlier_ejections", "Endpoints ejected after consecutive failures", ejections.clone());
-        Metrics { registry: Mutex::new(registry), requests, duration, tcp_sent, tcp_received, tcp_opened, tcp_closed, retries, ejections }
+        let inbound_refused = Counter::default();
+        registry.register("revmesh_proxy_inbound_refused", "Inbound connections refused (plaintext in STRICT mode, failed mTLS)", inbound_refused.clone());
+        Metrics { registry: Mutex::new(registry), requests, duration, tcp_sent, tcp_received, tcp_opened, tcp_closed, retries, ejections, inbound_refused }
     }
 }
 

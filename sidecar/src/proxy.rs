@@ -5,6 +5,7 @@
 use crate::config::{pick_weighted, ClusterConfig, ProxyConfig, RouteRule};
 use crate::lb::Balancers;
 use crate::metrics::{Metrics, RequestLabels, TcpLabels};
+use crate::tls::{Mesh, ALPN_HTTP, ALPN_TCP};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -152,24 +153,28 @@ pub struct Outbound {
     pub workload: String,
     pub revision: String,
     pub drain: Arc<Drain>,
+    /// mTLS to meshed endpoints; None: plaintext everywhere (no identity).
+    pub mesh: Option<Mesh>,
     http1: Client<HttpConnector, Body>,
     http2: Client<HttpConnector, Body>,
+    /// One multiplexed HTTP/2-over-mTLS connection per meshed endpoint.
+    mesh_connections: std::sync::Mutex<std::collections::HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Body>>>,
 }
 
-fn full(status: StatusCode, text: impl Into<String>) -> Response<Body> {
+pub fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(text.into())).map_err(|never| match never {}).boxed_unsync());
     *r.status_mut() = status;
     r
 }
 
 impl Outbound {
-    pub fn new(config: watch::Receiver<Arc<ProxyConfig>>, metrics: Arc<Metrics>, captured: bool, workload: String, revision: String, drain: Arc<Drain>) -> Self {
+    pub fn new(config: watch::Receiver<Arc<ProxyConfig>>, metrics: Arc<Metrics>, captured: bool, workload: String, revision: String, drain: Arc<Drain>, mesh: Option<Mesh>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
-        Outbound { config, balancers: Balancers::default(), metrics, captured, workload, revision, drain, http1, http2 }
+        Outbound { config, balancers: Balancers::default(), metrics, captured, workload, revision, drain, mesh, http1, http2, mesh_connections: Default::default() }
     }
 
     /// Accepts until the task is stopped (after the drain).
@@ -254,12 +259,12 @@ impl Outbound {
                         let service = cluster_service(&cluster.name);
                         (self.forward(req, &route, &cluster, &host, &path).await, service)
                     }
-                    None => (full(StatusCode::SERVICE_UNAVAILABLE, "no cluster for this route\n"), host.clone()),
+                    None => (text_response(StatusCode::SERVICE_UNAVAILABLE, "no cluster for this route\n"), host.clone()),
                 }
             }
             // No mesh route: pass through to where the app was going.
             None if self.captured => (self.passthrough(req, destination, &path).await, destination.to_string()),
-            None => (full(StatusCode::NOT_FOUND, format!("no route for host {host:?}\n")), host.clone()),
+            None => (text_response(StatusCode::NOT_FOUND, format!("no route for host {host:?}\n")), host.clone()),
         };
         let mut response = response;
         if self.drain.is_draining() && version < hyper::Version::HTTP_2 {
@@ -276,17 +281,34 @@ impl Outbound {
         if http2 { &self.http2 } else { &self.http1 }
     }
 
+    /// The HTTP/2-over-mTLS connection to a meshed endpoint, made on first use.
+    async fn mesh_sender(&self, mesh: &Mesh, endpoint: SocketAddr, identity: &str, timeout: Duration) -> Result<hyper::client::conn::http2::SendRequest<Body>, String> {
+        let reusable = self.mesh_connections.lock().ok().and_then(|p| p.get(&endpoint).filter(|s| !s.is_closed() && s.is_ready()).cloned());
+        if let Some(sender) = reusable {
+            return Ok(sender);
+        }
+        let tls = mesh.connect(endpoint, identity, ALPN_HTTP, timeout).await.map_err(|e| format!("mTLS to {endpoint}: {e}"))?;
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| format!("HTTP/2 to {endpoint}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        if let Ok(mut p) = self.mesh_connections.lock() {
+            p.insert(endpoint, sender.clone());
+        }
+        Ok(sender)
+    }
+
     async fn passthrough(&self, req: Request<Incoming>, destination: SocketAddr, path: &str) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         parts.uri = match format!("http://{destination}{path}").parse() {
             Ok(u) => u,
-            Err(_) => return full(StatusCode::BAD_REQUEST, "bad request path\n"),
+            Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request path\n"),
         };
         parts.version = hyper::Version::HTTP_11;
         let upstream = Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
         match self.http1.request(upstream).await {
             Ok(r) => r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
-            Err(e) => full(StatusCode::BAD_GATEWAY, format!("upstream {destination}: {e}\n")),
+            Err(e) => text_response(StatusCode::BAD_GATEWAY, format!("upstream {destination}: {e}\n")),
         }
     }
 
@@ -304,7 +326,7 @@ impl Outbound {
         let (buffered, mut streaming) = if max_attempts > 1 {
             match Limited::new(body, RETRY_BUFFER).collect().await {
                 Ok(b) => (Some(b.to_bytes()), None),
-                Err(_) => return full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large to retry\n"),
+                Err(_) => return text_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large to retry\n"),
             }
         } else {
             (None, Some(body))
@@ -315,22 +337,34 @@ impl Outbound {
         loop {
             attempt += 1;
             let Some(endpoint) = state.pick(&cluster.endpoints, cluster.lb, hash_key, &tried, Instant::now()) else {
-                return full(StatusCode::SERVICE_UNAVAILABLE, format!("no healthy upstream in {}\n", cluster.name));
+                return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("no healthy upstream in {}\n", cluster.name));
             };
             tried.push(endpoint);
+            let meshed = cluster.mtls.get(&endpoint).zip(self.mesh.as_ref());
             let mut upstream_parts = parts.clone();
-            upstream_parts.uri = match format!("http://{endpoint}{path}").parse() {
+            // To a peer proxy the app's host travels as :authority.
+            let authority = if meshed.is_some() { host.to_string() } else { endpoint.to_string() };
+            upstream_parts.uri = match format!("http://{authority}{path}").parse() {
                 Ok(u) => u,
-                Err(_) => return full(StatusCode::BAD_REQUEST, "bad request path\n"),
+                Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request path\n"),
             };
-            upstream_parts.version = if cluster.http2 { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
+            upstream_parts.version = if cluster.http2 || meshed.is_some() { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
             let body: Body = match (&buffered, streaming.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed_unsync(),
                 (None, Some(s)) => s.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-                (None, None) => return full(StatusCode::BAD_GATEWAY, "request body already sent\n"),
+                (None, None) => return text_response(StatusCode::BAD_GATEWAY, "request body already sent\n"),
             };
             state.started(endpoint);
-            let sent = self.client(cluster.http2).request(Request::from_parts(upstream_parts, body));
+            let upstream = Request::from_parts(upstream_parts, body);
+            let sent = async {
+                match meshed {
+                    Some((identity, mesh)) => {
+                        let mut sender = self.mesh_sender(mesh, endpoint, identity, cluster.connect_timeout).await?;
+                        sender.send_request(upstream).await.map_err(|e| e.to_string())
+                    }
+                    None => self.client(cluster.http2).request(upstream).await.map_err(|e| e.to_string()),
+                }
+            };
             let outcome = match route.timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| None).and_then(|r| r.map_err(Some)),
                 None => sent.await.map_err(Some),
@@ -352,8 +386,8 @@ impl Outbound {
                     }
                     let retriable = route.retry.as_ref().is_some_and(|p| p.on_connect_failure || p.on_5xx);
                     match timeout_or_error {
-                        None => (false, full(StatusCode::GATEWAY_TIMEOUT, format!("upstream {endpoint} timed out\n"))),
-                        Some(e) => (retriable, full(StatusCode::SERVICE_UNAVAILABLE, format!("upstream {endpoint}: {e}\n"))),
+                        None => (false, text_response(StatusCode::GATEWAY_TIMEOUT, format!("upstream {endpoint} timed out\n"))),
+                        Some(e) => (retriable, text_response(StatusCode::SERVICE_UNAVAILABLE, format!("upstream {endpoint}: {e}\n"))),
                     }
                 }
             };
@@ -388,13 +422,27 @@ impl Outbound {
         };
         let labels = TcpLabels { reporter: "source", source_workload: self.workload.clone(), destination_service: service, revision: self.revision.clone() };
         let connect_timeout = cluster.as_ref().map_or(Duration::from_secs(1), |c| c.connect_timeout);
-        let Ok(Ok(mut upstream)) = tokio::time::timeout(connect_timeout, TcpStream::connect(target)).await else {
-            tracing::debug!(%target, "TCP upstream unreachable");
-            return;
+        let meshed = cluster.as_ref().and_then(|c| c.mtls.get(&target)).zip(self.mesh.as_ref());
+        let copied = match meshed {
+            Some((identity, mesh)) => {
+                let Ok(mut upstream) = mesh.connect(target, identity, ALPN_TCP, connect_timeout).await else {
+                    tracing::debug!(%target, "mTLS TCP upstream unreachable");
+                    return;
+                };
+                self.metrics.tcp_opened.get_or_create(&labels).inc();
+                tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await
+            }
+            None => {
+                let Ok(Ok(mut upstream)) = tokio::time::timeout(connect_timeout, TcpStream::connect(target)).await else {
+                    tracing::debug!(%target, "TCP upstream unreachable");
+                    return;
+                };
+                let _ = upstream.set_nodelay(true);
+                self.metrics.tcp_opened.get_or_create(&labels).inc();
+                tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await
+            }
         };
-        let _ = upstream.set_nodelay(true);
-        self.metrics.tcp_opened.get_or_create(&labels).inc();
-        if let Ok((sent, received)) = tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await {
+        if let Ok((sent, received)) = copied {
             self.metrics.tcp_sent.get_or_create(&labels).inc_by(sent);
             self.metrics.tcp_received.get_or_create(&labels).inc_by(received);
         }

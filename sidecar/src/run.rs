@@ -78,6 +78,20 @@ pub struct RunArgs {
     /// outbound listener directly, with the service's name as Host).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub capture: bool,
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    pub inbound_listen: SocketAddr,
+    /// PERMISSIVE: mTLS from meshed peers and plaintext from others; STRICT: mTLS only.
+    #[arg(long, env = "REVMESH_INBOUND_MODE", value_enum, default_value = "PERMISSIVE")]
+    pub inbound_mode: crate::inbound::Mode,
+    /// The projected service-account token (audience revmesh-ca) the CA checks.
+    #[arg(long, env = "REVMESH_TOKEN_PATH", default_value = "/var/run/secrets/revmesh/tokens/revmesh-token")]
+    pub token_path: PathBuf,
+    /// SPIFFE trust domain of peer identities.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Requested certificate lifetime; renewed at half of it.
+    #[arg(long, default_value = "3600", value_parser = |s: &str| s.trim_end_matches('s').parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{s:?} is not seconds")))]
+    pub cert_ttl: Duration,
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_listen: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15020")]
@@ -165,15 +179,36 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let drain = Arc::new(Drain::default());
 
+    // Identity: with TLS to the control plane, the proxy gets its certificate
+    // from the same port and speaks mTLS to meshed peers. Plaintext xDS (local
+    // development) means no identity and plaintext everywhere.
+    let mesh = match &tls {
+        Some((root, server_name)) => {
+            let (creds_tx, creds_rx) = tokio::sync::watch::channel(None);
+            let ca = identity::CaClient { addr: args.control_plane.clone(), server_name: server_name.clone(), root_pem: root.clone(), token: identity::TokenSource::File(args.token_path.clone()) };
+            tokio::spawn(identity::keep_fresh(ca, args.cert_ttl, 0.5, creds_tx));
+            Some(crate::tls::Mesh::new(root, &args.trust_domain, creds_rx)?)
+        }
+        None => {
+            tracing::warn!("plaintext xDS: no workload certificate, so no mTLS (local development only)");
+            None
+        }
+    };
+
     let bind = |addr: SocketAddr| async move { tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}")) };
     let outbound_listener = bind(args.outbound_listen).await?;
-    let admin = Admin { config: config_rx.clone(), xds: Arc::clone(&status), metrics: Arc::clone(&metrics), drain: Arc::clone(&drain), set_log_level };
+    let inbound_listener = if args.capture { Some(bind(args.inbound_listen).await?) } else { None };
+    let admin = Admin { config: config_rx.clone(), xds: Arc::clone(&status), metrics: Arc::clone(&metrics), drain: Arc::clone(&drain), set_log_level, mesh: mesh.clone() };
     tokio::spawn(admin.clone().serve(bind(args.admin_listen).await?, Port::Admin));
     tokio::spawn(admin.clone().serve(bind(args.metrics_listen).await?, Port::Metrics));
     tokio::spawn(admin.serve(bind(args.ready_listen).await?, Port::Readiness));
     tokio::spawn(xds::run(XdsTarget { address: args.control_plane.clone(), tls }, node.clone(), config_tx, Arc::clone(&status)));
     let workload = args.workload.clone().unwrap_or(pod);
-    let outbound = Arc::new(Outbound::new(config_rx, metrics, args.capture, workload, args.revision.clone(), Arc::clone(&drain)));
+    let inbound = inbound_listener.map(|listener| {
+        let inbound = Arc::new(crate::inbound::Inbound::new(mesh.clone(), args.inbound_mode, Arc::clone(&metrics), workload.clone(), args.revision.clone(), Arc::clone(&drain)));
+        tokio::spawn(inbound.serve(listener))
+    });
+    let outbound = Arc::new(Outbound::new(config_rx, metrics, args.capture, workload, args.revision.clone(), Arc::clone(&drain), mesh));
     let serving = tokio::spawn(Arc::clone(&outbound).serve(outbound_listener));
     tracing::info!(node = %node.id, revision = %args.revision, control_plane = %args.control_plane, "proxy running");
 
@@ -185,6 +220,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(grace = ?args.drain_grace, "draining");
     let left = drain.drain(args.drain_grace).await;
     serving.abort();
+    if let Some(i) = inbound {
+        i.abort();
+    }
     if left > 0 {
         tracing::warn!(connections = left, "grace period over; closing the rest");
     } else {

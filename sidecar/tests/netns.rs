@@ -129,6 +129,8 @@ fn mesh(dir: &Path) -> PathBuf {
         endpoints("ejecting", &["10.77.0.2", "10.77.0.3"], "http", 8080),
         service("echo", "10.96.0.30", "tcp-echo", 9000, 9000),
         endpoints("echo", &["10.77.0.2"], "tcp-echo", 9000),
+        // The server pod is injected: its address is reached with mTLS as demo/web.
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: demo, labels: {revmesh.io/rev: dev}}\nspec: {serviceAccountName: web}\nstatus: {podIP: 10.77.0.2}\n---\n".to_string(),
     ]
     .concat();
     std::fs::write(mesh.join("mesh.yaml"), text).expect("mesh yaml");
@@ -176,7 +178,8 @@ fn captured_traffic_flows_through_the_sidecar() {
     // Service IPs exist nowhere: only the capture makes them reachable.
     sh(&["ip", "-n", &app, "route", "add", "default", "dev", &va]);
 
-    let _good = nginx(dir.path(), &srv, "good", "10.77.0.2:8080", "backend-a", 200);
+    // The good backend shows the identity its sidecar passed on.
+    let _good = nginx(dir.path(), &srv, "good", "10.77.0.2:8080", "backend-a $http_x_revmesh_peer_identity", 200);
     let _bad = nginx(dir.path(), &srv, "bad", "10.77.0.3:8080", "broken", 503);
     let echo_script = "import socketserver\nclass H(socketserver.StreamRequestHandler):\n    def handle(self):\n        for line in self.rfile:\n            self.wfile.write(line)\nsocketserver.ThreadingTCPServer.allow_reuse_address = True\nsocketserver.ThreadingTCPServer(('10.77.0.2', 9000), H).serve_forever()\n";
     let _echo = Killed(in_ns(&srv, &["python3", "-c", echo_script]).spawn().expect("echo server"));
@@ -186,7 +189,8 @@ fn captured_traffic_flows_through_the_sidecar() {
     std::fs::copy(kube_harness::workspace_bin("sidecar").expect("sidecar binary"), &sidecar_bin).expect("copy sidecar");
     std::fs::set_permissions(&sidecar_bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let sidecar = sidecar_bin.display().to_string();
-    let init = ["init", "--proxy-uid", "1337", "--exclude-inbound-ports", "15020,15021", "--exclude-outbound-ports", "15012"];
+    // The control plane in the app namespace serves the server's sidecar too.
+    let init = ["init", "--proxy-uid", "1337", "--exclude-inbound-ports", "15012,15020,15021", "--exclude-outbound-ports", "15012"];
     let (ok, dry) = output(in_ns(&app, &[&sidecar, init[0], "--dry-run"]));
     assert!(ok && dry.contains("-A REVMESH_OUTPUT -m owner --uid-owner 1337 -j RETURN"), "{dry}");
     for _ in 0..2 {
@@ -194,6 +198,8 @@ fn captured_traffic_flows_through_the_sidecar() {
         let (ok, text) = output(in_ns(&app, &args));
         assert!(ok, "{text}");
     }
+    let (ok, text) = output(in_ns(&srv, &[&sidecar, "init", "--exclude-inbound-ports", "15020,15021"]));
+    assert!(ok, "{text}");
     let rules = sh(&["ip", "netns", "exec", &app, "iptables-save", "-t", "nat"]);
     assert_eq!(rules.matches("-A OUTPUT -p tcp -j REVMESH_OUTPUT").count(), 1, "{rules}");
     assert_eq!(rules.matches("-A PREROUTING -p tcp -j REVMESH_INBOUND").count(), 1, "{rules}");
@@ -203,9 +209,17 @@ fn captured_traffic_flows_through_the_sidecar() {
     let mesh = mesh(dir.path());
     let cp_bin = kube_harness::workspace_bin("control-plane").expect("control-plane binary");
     let cp_log = dir.path().join("cp.log");
+    let readable = |path: &Path, text: &str| {
+        std::fs::write(path, text).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    };
+    readable(&dir.path().join("tokens"), "token-of-the-app-000 demo/app\ntoken-of-the-web-000 demo/web\n");
+    readable(&dir.path().join("app.token"), "token-of-the-app-000");
+    readable(&dir.path().join("web.token"), "token-of-the-web-000");
     let mut control_plane = Killed(
         in_ns(&app, &[&cp_bin.display().to_string(), "--revision", "dev", "--source", &format!("dir:{}", mesh.display()), "--poll-interval", "100ms"])
-            .args(["--xds-listen", "127.0.0.1:15010", "--tls-listen", "127.0.0.1:15012", "--debug-listen", "127.0.0.1:15014"])
+            .args(["--xds-listen", "127.0.0.1:15010", "--tls-listen", "0.0.0.0:15012", "--debug-listen", "127.0.0.1:15014"])
+            .args(["--ca-bootstrap-tokens", &dir.path().join("tokens").display().to_string()])
             .stderr(std::fs::File::create(&cp_log).expect("log"))
             .spawn()
             .expect("control plane"),
@@ -217,23 +231,34 @@ fn captured_traffic_flows_through_the_sidecar() {
     });
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o644)).expect("chmod");
 
-    // The proxy, as uid 1337, like the injected container.
+    // The proxies, as uid 1337 like the injected container: the app's, and
+    // the server's (inbound capture in front of nginx and the echo server).
+    let start_proxy = |ns: &str, name: &str, control_plane: &str, mode: &str, log: &Path| {
+        Killed(
+            Command::new("nsenter")
+                .args([&format!("--net=/run/netns/{ns}"), "--setuid", "1337", "--setgid", "1337", &sidecar, "run", "--revision", "dev"])
+                .args(["--control-plane", control_plane, "--control-plane-name", "control-plane-dev.revmesh-system.svc", "--ca-root", &root.display().to_string()])
+                .args(["--pod-name", &format!("{name}-0"), "--pod-namespace", "demo", "--workload", name, "--drain-grace", "5", "--inbound-mode", mode])
+                .args(["--token-path", &dir.path().join(format!("{name}.token")).display().to_string()])
+                .stderr(std::fs::File::create(log).expect("log"))
+                .spawn()
+                .expect("sidecar"),
+        )
+    };
     let proxy_log = dir.path().join("sidecar.log");
-    let mut proxy = Killed(
-        Command::new("nsenter")
-            .args([&format!("--net=/run/netns/{app}"), "--setuid", "1337", "--setgid", "1337", &sidecar, "run", "--revision", "dev"])
-            .args(["--control-plane", "127.0.0.1:15012", "--control-plane-name", "control-plane-dev.revmesh-system.svc", "--ca-root", &root.display().to_string()])
-            .args(["--pod-name", "app-0", "--pod-namespace", "demo", "--workload", "app", "--drain-grace", "5"])
-            .stderr(std::fs::File::create(&proxy_log).expect("log"))
-            .spawn()
-            .expect("sidecar"),
-    );
+    let server_log = dir.path().join("server-sidecar.log");
+    let mut proxy = start_proxy(&app, "app", "127.0.0.1:15012", "PERMISSIVE", &proxy_log);
+    let server_proxy = start_proxy(&srv, "web", "10.77.0.1:15012", "PERMISSIVE", &server_log);
     let log = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    wait("the proxy to be ready", Duration::from_secs(30), || output(in_ns(&app, &["curl", "-sf", "http://127.0.0.1:15021/healthz/ready"])).0);
+    for ns in [&app, &srv] {
+        // Ready means config applied and a certificate in hand.
+        wait("the proxies to be ready", Duration::from_secs(30), || output(in_ns(ns, &["curl", "-sf", "http://127.0.0.1:15021/healthz/ready"])).0);
+    }
 
     // HTTP/1.1: curl to a service IP that exists nowhere, through the capture.
+    // The server is meshed: mTLS between the proxies, and the app sees who called.
     let (_, body) = curl(&app, "http://10.96.0.10/");
-    assert!(body.starts_with("backend-a\n200"), "{body}\nproxy log:\n{}", log(&proxy_log));
+    assert_eq!(body, "backend-a spiffe://cluster.local/ns/demo/sa/app\n200", "proxy log:\n{}\nserver proxy log:\n{}", log(&proxy_log), log(&server_log));
 
     // HTTP/2 (prior knowledge), detected by its preface: every request succeeds.
     let (ok, h2) = output(in_ns(&app, &["h2load", "-n", "400", "-c", "4", "-m", "8", "http://10.96.0.10/"]));
@@ -255,7 +280,7 @@ fn captured_traffic_flows_through_the_sidecar() {
     // Retries mask the failing endpoint: half the endpoints answer 503.
     for i in 0..20 {
         let (_, body) = curl(&app, "http://10.96.0.20/");
-        assert!(body.starts_with("backend-a\n200"), "request {i}: {body}");
+        assert!(body.starts_with("backend-a") && body.ends_with("\n200"), "request {i}: {body}");
     }
     // Outlier detection: without retries, the failing endpoint is ejected
     // after 5 consecutive 5xx and the rest of the requests all succeed.
@@ -273,13 +298,44 @@ fn captured_traffic_flows_through_the_sidecar() {
     assert!(dump.contains("outbound|80||web.demo.svc.cluster.local") && dump.contains("10.77.0.2:8080"), "{dump}");
     let (_, not_here) = curl(&app, "http://127.0.0.1:15020/config_dump");
     assert!(not_here.ends_with("404"), "the pod-facing port dumps nothing: {not_here}");
+    let (_, server_metrics) = curl(&srv, "http://127.0.0.1:15020/metrics");
+    assert!(server_metrics.contains("reporter=\"destination\"") && server_metrics.contains("source_principal=\"spiffe://cluster.local/ns/demo/sa/app\""), "{server_metrics}");
+
+    // PERMISSIVE: a client without a proxy (uid 1337 skips the capture) is served in plaintext.
+    let direct = |extra: &[&str]| {
+        let mut c = Command::new("nsenter");
+        c.args([&format!("--net=/run/netns/{app}"), "--setuid", "1337", "--setgid", "1337"]).args(extra);
+        output(c)
+    };
+    let (_, plain) = direct(&["curl", "-s", "--max-time", "5", "-w", "\n%{http_code}", "http://10.77.0.2:8080/"]);
+    assert_eq!(plain, "backend-a \n200", "no identity without mTLS");
+    // STRICT: the same client is refused, and so is a peer whose certificate the mesh did not issue.
+    drop(server_proxy);
+    let _strict_server_proxy = start_proxy(&srv, "web", "10.77.0.1:15012", "STRICT", &server_log);
+    wait("the STRICT server proxy", Duration::from_secs(30), || output(in_ns(&srv, &["curl", "-sf", "http://127.0.0.1:15021/healthz/ready"])).0);
+    let (ok, refused) = direct(&["curl", "-s", "--max-time", "5", "http://10.77.0.2:8080/"]);
+    assert!(!ok && !refused.contains("backend-a"), "plaintext got through STRICT: {refused}");
+    let stranger_key = dir.path().join("stranger.key");
+    let stranger_cert = dir.path().join("stranger.pem");
+    sh(&["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=stranger", "-days", "1", "-addext", "subjectAltName=URI:spiffe://cluster.local/ns/demo/sa/app", "-keyout", &stranger_key.display().to_string(), "-out", &stranger_cert.display().to_string()]);
+    for f in [&stranger_key, &stranger_cert] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let (_, forged) = direct(&["sh", "-c", &format!("printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' | timeout 5 openssl s_client -quiet -connect 10.77.0.2:8080 -alpn revmesh-h2 -cert {} -key {} 2>&1", stranger_cert.display(), stranger_key.display())]);
+    assert!(!forged.contains("backend-a"), "a forged identity got through: {forged}");
+    let (_, server_metrics) = curl(&srv, "http://127.0.0.1:15020/metrics");
+    let refused_count: u64 = server_metrics.lines().find_map(|l| l.strip_prefix("revmesh_proxy_inbound_refused_total ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    assert!(refused_count >= 2, "{server_metrics}");
+    // Meshed traffic still flows in STRICT mode.
+    let (_, body) = curl(&app, "http://10.96.0.10/");
+    assert_eq!(body, "backend-a spiffe://cluster.local/ns/demo/sa/app\n200");
 
     // The control plane dies: traffic keeps flowing on the last config.
     let _ = control_plane.0.kill();
     let _ = control_plane.0.wait();
     wait("the proxy to notice", Duration::from_secs(10), || curl(&app, "http://127.0.0.1:15000/xds").1.contains("\"connected\":false"));
     for _ in 0..10 {
-        assert!(curl(&app, "http://10.96.0.10/").1.starts_with("backend-a\n200"));
+        assert!(curl(&app, "http://10.96.0.10/").1.ends_with("sa/app\n200"));
     }
     assert!(log(&cp_log).contains("control plane serving"), "{}", log(&cp_log));
 

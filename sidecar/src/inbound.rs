@@ -1,0 +1,204 @@
+//! The inbound listener (15006): traffic captured on its way into the pod.
+//!
+//! * mTLS from a peer proxy, recognised by the ALPN of its ClientHello
+//!   (`revmesh-h2` or `revmesh-tcp`), is terminated. The peer must present
+//!   a certificate from the mesh root. Its SPIFFE identity is passed to the
+//!   app in `x-revmesh-peer-identity` (any such header from outside is
+//!   replaced) and to metrics as `source_principal`.
+//! * Anything else is plaintext (or the app's own TLS). PERMISSIVE passes it
+//!   through as bytes; STRICT refuses it.
+//!
+//! Traffic goes on to the address it was sent to (the pod's IP and port), as
+//! Istio does since 1.10, so apps bound to the pod IP or to 0.0.0.0 both work.
+//! The proxy's own uid keeps that connection out of the capture.
+
+use crate::metrics::{Metrics, RequestLabels, TcpLabels};
+use crate::proxy::{original_destination, BoxError, Drain};
+use crate::tls::{client_hello_alpn, spiffe_id, Mesh, ALPN_HTTP, ALPN_TCP};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const PEER_IDENTITY_HEADER: &str = "x-revmesh-peer-identity";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// mTLS from meshed peers, plaintext from the rest.
+    #[value(name = "PERMISSIVE", alias = "permissive")]
+    Permissive,
+    /// mTLS only.
+    #[value(name = "STRICT", alias = "strict")]
+    Strict,
+}
+
+pub struct Inbound {
+    pub mesh: Option<Mesh>,
+    pub mode: Mode,
+    pub metrics: Arc<Metrics>,
+    pub workload: String,
+    pub revision: String,
+    pub drain: Arc<Drain>,
+    app: Client<HttpConnector, crate::proxy::Body>,
+}
+
+/// What the first bytes of an inbound connection are.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    MeshHttp,
+    MeshTcp,
+    Other,
+}
+
+async fn sniff(tcp: &TcpStream) -> Kind {
+    let deadline = tokio::time::Instant::now() + crate::proxy::DETECT_TIMEOUT;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Kind::Other,
+        };
+        if buf[0] != 0x16 {
+            return Kind::Other;
+        }
+        if let Some(alpn) = client_hello_alpn(&buf[..n]) {
+            return if alpn.iter().any(|a| a == ALPN_HTTP) {
+                Kind::MeshHttp
+            } else if alpn.iter().any(|a| a == ALPN_TCP) {
+                Kind::MeshTcp
+            } else {
+                Kind::Other
+            };
+        }
+        if n == buf.len() || tokio::time::Instant::now() >= deadline {
+            return Kind::Other;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+impl Inbound {
+    pub fn new(mesh: Option<Mesh>, mode: Mode, metrics: Arc<Metrics>, workload: String, revision: String, drain: Arc<Drain>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        let app = Client::builder(TokioExecutor::new()).build(connector);
+        Inbound { mesh, mode, metrics, workload, revision, drain, app }
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = Arc::clone(&self);
+            this.drain.open.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(async move {
+                this.connection(tcp, peer).await;
+                this.drain.open.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    }
+
+    fn refused(&self, peer: SocketAddr, why: &str) {
+        self.metrics.inbound_refused.inc();
+        tracing::info!(%peer, reason = why, "inbound connection refused");
+    }
+
+    async fn connection(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let Ok(destination) = original_destination(&tcp) else { return };
+        let kind = sniff(&tcp).await;
+        let mesh = match (&self.mesh, kind) {
+            (Some(mesh), Kind::MeshHttp | Kind::MeshTcp) => mesh,
+            (None, Kind::MeshHttp | Kind::MeshTcp) => return self.refused(peer, "mTLS offered, but this proxy has no identity"),
+            (_, Kind::Other) if self.mode == Mode::Strict => return self.refused(peer, "plaintext in STRICT mode"),
+            (_, Kind::Other) => return self.tcp_to_app(tcp, destination, String::new()).await,
+        };
+        let tls = match mesh.acceptor().accept(tcp).await {
+            Ok(t) => t,
+            Err(e) => return self.refused(peer, &format!("mTLS handshake failed: {e}")),
+        };
+        let (_, session) = tls.get_ref();
+        let Some(identity) = session.peer_certificates().and_then(|c| c.first()).and_then(spiffe_id) else {
+            return self.refused(peer, "the peer's certificate names no SPIFFE identity");
+        };
+        if session.alpn_protocol() == Some(ALPN_TCP) {
+            return self.tcp_to_app(tls, destination, identity).await;
+        }
+        let this = Arc::clone(self);
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (this, identity) = (Arc::clone(&this), identity.clone());
+            async move { Ok::<_, std::convert::Infallible>(this.to_app(req, destination, &identity).await) }
+        });
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service);
+        tokio::pin!(conn);
+        let mut draining = self.drain.draining.subscribe();
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = async { let _ = draining.wait_for(|d| *d).await.map(|_| ()); } => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+
+    async fn to_app(&self, req: Request<Incoming>, destination: SocketAddr, identity: &str) -> Response<crate::proxy::Body> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let host = parts.uri.authority().map(|a| a.to_string()).unwrap_or_else(|| destination.to_string());
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        parts.uri = match format!("http://{destination}{path}").parse() {
+            Ok(u) => u,
+            Err(_) => return crate::proxy::text_response(hyper::StatusCode::BAD_REQUEST, "bad path\n"),
+        };
+        parts.version = hyper::Version::HTTP_11;
+        parts.headers.remove(PEER_IDENTITY_HEADER);
+        if let Ok(v) = hyper::header::HeaderValue::from_str(identity) {
+            parts.headers.insert(PEER_IDENTITY_HEADER, v);
+        }
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&host) {
+            parts.headers.insert(hyper::header::HOST, v);
+        }
+        let upstream = Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+        let response = match self.app.request(upstream).await {
+            Ok(r) => r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+            Err(e) => crate::proxy::text_response(hyper::StatusCode::BAD_GATEWAY, format!("the app at {destination}: {e}\n")),
+        };
+        let labels = RequestLabels {
+            reporter: "destination",
+            source_workload: String::new(),
+            source_principal: identity.to_string(),
+            destination_service: self.workload.clone(),
+            response_code: response.status().as_u16(),
+            revision: self.revision.clone(),
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64() * 1000.0);
+        response
+    }
+
+    async fn tcp_to_app<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(&self, mut inbound: S, destination: SocketAddr, identity: String) {
+        let Ok(Ok(mut app)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(destination)).await else { return };
+        let _ = app.set_nodelay(true);
+        let labels = TcpLabels { reporter: "destination", source_workload: identity, destination_service: self.workload.clone(), revision: self.revision.clone() };
+        self.metrics.tcp_opened.get_or_create(&labels).inc();
+        if let Ok((from_peer, from_app)) = tokio::io::copy_bidirectional(&mut inbound, &mut app).await {
+            self.metrics.tcp_received.get_or_create(&labels).inc_by(from_peer);
+            self.metrics.tcp_sent.get_or_create(&labels).inc_by(from_app);
+        }
+        self.metrics.tcp_closed.get_or_create(&labels).inc();
+    }
+}
