@@ -301,6 +301,16 @@ fn captured_traffic_flows_through_the_sidecar() {
     let (_, server_metrics) = curl(&srv, "http://127.0.0.1:15020/metrics");
     assert!(server_metrics.contains("reporter=\"destination\"") && server_metrics.contains("source_principal=\"spiffe://cluster.local/ns/demo/sa/app\""), "{server_metrics}");
 
+    // Config the proxy cannot apply is NACKed with the reason; the last good config keeps serving.
+    let bad_route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: web, port: 80}]\n  rules:\n  - matches: [{path: {type: RegularExpression, value: \"([\"}}]\n    backendRefs: [{name: web, port: 80}]\n";
+    std::fs::write(mesh.join("bad-route.yaml"), bad_route).expect("bad route");
+    wait("the NACK", Duration::from_secs(10), || curl(&app, "http://127.0.0.1:15000/xds").1.contains("does not compile"));
+    assert_eq!(curl(&app, "http://10.96.0.10/").1, "backend-a spiffe://cluster.local/ns/demo/sa/app\n200");
+    std::fs::remove_file(mesh.join("bad-route.yaml")).expect("remove");
+    // The log level changes at runtime on the admin port.
+    let (_, level) = output(in_ns(&app, &["curl", "-s", "-X", "POST", "http://127.0.0.1:15000/logging?level=debug"]));
+    assert_eq!(level, "log level is now debug\n");
+
     // PERMISSIVE: a client without a proxy (uid 1337 skips the capture) is served in plaintext.
     let direct = |extra: &[&str]| {
         let mut c = Command::new("nsenter");
