@@ -109,7 +109,8 @@ pub struct VirtualHost {
 /// The routing tables the proxy runs on.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyConfig {
-    pub clusters: HashMap<String, ClusterConfig>,
+    /// Shared, so a request holds a cluster without copying it.
+    pub clusters: HashMap<String, std::sync::Arc<ClusterConfig>>,
     pub virtual_hosts: Vec<VirtualHost>,
     /// Original destination → cluster, for TCP services.
     pub tcp: HashMap<SocketAddr, String>,
@@ -260,7 +261,7 @@ pub fn build(resources: &Resources) -> Result<ProxyConfig, ConfigError> {
         let (endpoints, mtls) = assignments.get(name).cloned().unwrap_or_else(inline);
         config.clusters.insert(
             name.clone(),
-            ClusterConfig { name: name.clone(), http2, connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(1)), lb: lb_policy(&c), endpoints, mtls },
+            std::sync::Arc::new(ClusterConfig { name: name.clone(), http2, connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(1)), lb: lb_policy(&c), endpoints, mtls }),
         );
     }
     for (name, any) in of(LISTENER_TYPE) {
@@ -298,9 +299,14 @@ pub fn build(resources: &Resources) -> Result<ProxyConfig, ConfigError> {
     Ok(config)
 }
 
-/// The host part of a Host header or :authority, lowercased, port kept.
-fn normalise_host(host: &str) -> String {
-    host.trim().to_ascii_lowercase()
+/// A Host header or :authority, lowercased (without allocating when it already is), port kept.
+fn normalise_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let host = host.trim();
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 impl VirtualHost {

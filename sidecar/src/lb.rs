@@ -128,6 +128,9 @@ pub struct Balancers {
 impl Balancers {
     pub fn cluster(&self, name: &str) -> std::sync::Arc<ClusterState> {
         let mut all = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = all.get(name) {
+            return std::sync::Arc::clone(state);
+        }
         std::sync::Arc::clone(all.entry(name.to_string()).or_default())
     }
 }

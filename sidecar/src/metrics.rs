@@ -68,6 +68,34 @@ impl Default for Metrics {
     }
 }
 
+/// Resolved request metrics of one destination and code, so the hot path
+/// neither builds label sets nor hashes them.
+#[derive(Clone)]
+pub struct RequestHandles {
+    pub count: Counter,
+    pub duration: Histogram,
+}
+
+/// Source-side handles by destination service, then response code.
+#[derive(Default)]
+pub struct HandleCache {
+    by_service: std::sync::RwLock<std::collections::HashMap<String, std::collections::HashMap<u16, RequestHandles>>>,
+}
+
+impl HandleCache {
+    pub fn get(&self, service: &str, code: u16, labels: impl FnOnce() -> RequestLabels, metrics: &Metrics) -> RequestHandles {
+        if let Some(h) = self.by_service.read().ok().and_then(|m| m.get(service).and_then(|c| c.get(&code)).cloned()) {
+            return h;
+        }
+        let labels = labels();
+        let handles = RequestHandles { count: metrics.requests.get_or_create(&labels).clone(), duration: metrics.duration.get_or_create(&labels).clone() };
+        if let Ok(mut m) = self.by_service.write() {
+            m.entry(service.to_string()).or_default().insert(code, handles.clone());
+        }
+        handles
+    }
+}
+
 impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();

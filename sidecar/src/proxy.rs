@@ -159,6 +159,7 @@ pub struct Outbound {
     http2: Client<HttpConnector, Body>,
     /// One multiplexed HTTP/2-over-mTLS connection per meshed endpoint.
     mesh_connections: std::sync::Mutex<std::collections::HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Body>>>,
+    handles: crate::metrics::HandleCache,
 }
 
 pub fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Body> {
@@ -174,7 +175,7 @@ impl Outbound {
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
-        Outbound { config, balancers: Balancers::default(), metrics, captured, workload, revision, drain, mesh, http1, http2, mesh_connections: Default::default() }
+        Outbound { config, balancers: Balancers::default(), metrics, captured, workload, revision, drain, mesh, http1, http2, mesh_connections: Default::default(), handles: Default::default() }
     }
 
     /// Accepts until the task is stopped (after the drain).
@@ -219,13 +220,18 @@ impl Outbound {
             let this = Arc::clone(&this);
             async move { Ok::<_, std::convert::Infallible>(this.request(req, destination).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(TokioIo::new(tcp), service);
+        let io = TokioIo::new(tcp);
+        if protocol == Protocol::Http1 {
+            // Draining closes HTTP/1 connections through `Connection: close` on responses.
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            return;
+        }
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
         tokio::pin!(conn);
         let mut draining = self.drain.draining.subscribe();
         tokio::select! {
             _ = conn.as_mut() => {}
-            _ = wait_draining(&mut draining), if protocol == Protocol::Http2 => {
+            _ = wait_draining(&mut draining) => {
                 // GOAWAY: streams in flight finish, new ones go to a new connection.
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
@@ -250,14 +256,14 @@ impl Outbound {
         let host = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)).unwrap_or_default();
         let config = self.config.borrow().clone();
         let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-        let route = config.route(&host, &path, req.headers()).cloned();
+        let route = config.route(&host, &path, req.headers());
         let (response, service) = match route {
             Some(route) => {
-                let cluster = pick_weighted(&route.clusters, fastrand::u64(..)).and_then(|name| config.clusters.get(name)).cloned();
+                let cluster = pick_weighted(&route.clusters, fastrand::u64(..)).and_then(|name| config.clusters.get(name));
                 match cluster {
                     Some(cluster) => {
-                        let service = cluster_service(&cluster.name);
-                        (self.forward(req, &route, &cluster, &host, &path).await, service)
+                        let service = cluster_service(&cluster.name).to_string();
+                        (self.forward(req, route, cluster, &host, &path).await, service)
                     }
                     None => (text_response(StatusCode::SERVICE_UNAVAILABLE, "no cluster for this route\n"), host.clone()),
                 }
@@ -271,9 +277,10 @@ impl Outbound {
             // Close after this response; the client reconnects (and is still served).
             response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
         }
-        let labels = self.request_labels(&service, response.status().as_u16());
-        self.metrics.requests.get_or_create(&labels).inc();
-        self.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64() * 1000.0);
+        let code = response.status().as_u16();
+        let handles = self.handles.get(&service, code, || self.request_labels(&service, code), &self.metrics);
+        handles.count.inc();
+        handles.duration.observe(started.elapsed().as_secs_f64() * 1000.0);
         response
     }
 
@@ -341,7 +348,7 @@ impl Outbound {
             };
             tried.push(endpoint);
             let meshed = cluster.mtls.get(&endpoint).zip(self.mesh.as_ref());
-            let mut upstream_parts = parts.clone();
+            let mut upstream_parts = if attempt < max_attempts { parts.clone() } else { std::mem::replace(&mut parts, Request::new(()).into_parts().0) };
             // To a peer proxy the app's host travels as :authority.
             let authority = if meshed.is_some() { host.to_string() } else { endpoint.to_string() };
             upstream_parts.uri = match format!("http://{authority}{path}").parse() {
@@ -413,7 +420,7 @@ impl Outbound {
             Some(c) => {
                 let state = self.balancers.cluster(&c.name);
                 match state.pick(&c.endpoints, c.lb, 0, &[], Instant::now()) {
-                    Some(ep) => (cluster_service(&c.name), ep),
+                    Some(ep) => (cluster_service(&c.name).to_string(), ep),
                     None => return,
                 }
             }
@@ -464,8 +471,8 @@ fn xxhash(bytes: &[u8]) -> u64 {
 }
 
 /// `outbound|80||web.demo.svc.cluster.local` → `web.demo.svc.cluster.local`.
-pub fn cluster_service(cluster: &str) -> String {
-    cluster.rsplit("||").next().unwrap_or(cluster).to_string()
+pub fn cluster_service(cluster: &str) -> &str {
+    cluster.rsplit("||").next().unwrap_or(cluster)
 }
 
 #[cfg(test)]

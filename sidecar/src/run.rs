@@ -92,6 +92,9 @@ pub struct RunArgs {
     /// Requested certificate lifetime; renewed at half of it.
     #[arg(long, default_value = "3600", value_parser = |s: &str| s.trim_end_matches('s').parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{s:?} is not seconds")))]
     pub cert_ttl: Duration,
+    /// Threads serving traffic (Istio's proxy concurrency defaults to 2, too).
+    #[arg(long, env = "REVMESH_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_listen: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15020")]
@@ -119,7 +122,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => init(args),
         Command::Run(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(args.worker_threads.max(1)).enable_all().build()?;
             runtime.block_on(run(*args))
         }
     }

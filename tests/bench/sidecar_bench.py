@@ -1,0 +1,223 @@
+"""Driver of tests/bench/sidecar.sh (see there for what is measured)."""
+
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
+DURATION = int(os.environ.get("DURATION", "5"))
+TARGET = os.environ["TARGET_DIR"]
+HOST = "web.demo"
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, headers=None, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            req = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer 200 within {timeout}s")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wrk(port):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", "-c16", f"-d{DURATION}s", "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors", out)
+    if errors:
+        raise SystemExit(f"errors through port {port}:\n{out}")
+    return requests, rps
+
+
+def oha(port):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "oha", "--no-tui", "--output-format", "json", "-z", f"{DURATION}s", "-q", "1000", "--latency-correction",
+         "-c", "8", "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    data = json.loads(out)
+    pct = data["latencyPercentiles"]
+    return pct["p50"] * 1e6, pct["p99"] * 1e6  # microseconds
+
+
+def main():
+    work = tempfile.mkdtemp()
+    procs = []
+
+    def start(cmd, name, cpu):
+        log = open(os.path.join(work, f"{name}.log"), "w")
+        p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
+
+    try:
+        nginx_port = free_port()
+        body = "x" * 1024
+        conf = os.path.join(work, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""master_process off; daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000; client_body_temp_path {work}; proxy_temp_path {work}; fastcgi_temp_path {work}; uwsgi_temp_path {work}; scgi_temp_path {work};
+  server {{ listen 127.0.0.1:{nginx_port}; location / {{ return 200 '{body}'; }} }} }}
+""")
+        start(["nginx", "-c", conf], "nginx", 1)
+
+        mesh = os.path.join(work, "mesh")
+        os.makedirs(mesh)
+        with open(os.path.join(mesh, "web.yaml"), "w") as f:
+            f.write(f"""apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {nginx_port}}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: web, namespace: demo}}
+subsets:
+- addresses: [{{ip: 127.0.0.1}}]
+  ports: [{{name: http, port: {nginx_port}}}]
+""")
+        xds, tls, debug = free_port(), free_port(), free_port()
+        start([f"{TARGET}/control-plane", "--revision", "bench", "--source", f"dir:{mesh}", "--xds-listen", f"127.0.0.1:{xds}",
+               "--tls-listen", f"127.0.0.1:{tls}", "--debug-listen", f"127.0.0.1:{debug}"], "control-plane", 1)
+        wait_http(f"http://127.0.0.1:{debug}/ready")
+
+        ours = free_port()
+        p = [free_port() for _ in range(4)]
+        sidecar = start([f"{TARGET}/sidecar", "run", "--revision", "bench", "--control-plane", f"127.0.0.1:{xds}", "--xds-plaintext",
+                         "--capture", "false", "--outbound-listen", f"127.0.0.1:{ours}", "--admin-listen", f"127.0.0.1:{p[0]}",
+                         "--metrics-listen", f"127.0.0.1:{p[1]}", "--ready-listen", f"127.0.0.1:{p[2]}", "--log-level", "warn",
+                         "--worker-threads", "1"], "sidecar", 0)
+
+        envoy_port, envoy_admin = free_port(), free_port()
+        bootstrap = os.path.join(work, "envoy.yaml")
+        with open(bootstrap, "w") as f:
+            f.write(f"""node:
+  id: bench-envoy
+  cluster: bench
+  metadata: {{REVMESH_REVISION: "bench", REVMESH_OUTBOUND_ADDRESS: "127.0.0.1:{envoy_port}", REVMESH_INTERCEPTION: NONE}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {envoy_admin}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: DELTA_GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
+""")
+        envoy = start(["envoy", "-c", bootstrap, "--concurrency", "1", "-l", "warning", "--base-id", str(free_port())], "envoy", 0)
+
+        haproxy_port = free_port()
+        hcfg = os.path.join(work, "haproxy.cfg")
+        with open(hcfg, "w") as f:
+            f.write(f"""global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend bench
+  bind 127.0.0.1:{haproxy_port}
+  default_backend web
+backend web
+  http-reuse always
+  server nginx 127.0.0.1:{nginx_port}
+""")
+        haproxy = start(["haproxy", "-f", hcfg, "-db"], "haproxy", 0)
+
+        targets = {"direct": (nginx_port, None), "revmesh": (ours, sidecar), "envoy": (envoy_port, envoy), "haproxy": (haproxy_port, haproxy)}
+        for name, (port, _) in targets.items():
+            wait_http(f"http://127.0.0.1:{port}/", {"Host": HOST})
+            print(f"{name} answers on {port}", file=sys.stderr)
+
+        results = {name: {"rps": [], "cpu_us": [], "p50": [], "p99": []} for name in targets}
+        for r in range(ROUNDS):
+            for name, (port, proc) in targets.items():
+                before = cpu_seconds(proc.pid) if proc else 0.0
+                requests, rps = wrk(port)
+                used = cpu_seconds(proc.pid) - before if proc else 0.0
+                p50, p99 = oha(port)
+                res = results[name]
+                res["rps"].append(rps)
+                res["cpu_us"].append(used * 1e6 / requests if proc else 0.0)
+                res["p50"].append(p50)
+                res["p99"].append(p99)
+            print(f"round {r + 1}/{ROUNDS}: " + ", ".join(f"{n} {results[n]['rps'][-1]:.0f} rps" for n in targets), file=sys.stderr)
+
+        med = {n: {k: statistics.median(v) for k, v in res.items()} for n, res in results.items()}
+        rss = {n: rss_mb(proc.pid) for n, (_, proc) in targets.items() if proc}
+        direct = med["direct"]
+        print(f"\none hop, HTTP/1.1 keep-alive, 1 KB responses; median of {ROUNDS} rounds of {DURATION} s")
+        print(f"{'target':10} {'max req/s':>10} {'CPU µs/req':>11} {'added p50 µs':>13} {'added p99 µs':>13} {'RSS MB':>7}")
+        for n in targets:
+            m = med[n]
+            added50 = m["p50"] - direct["p50"] if n != "direct" else 0.0
+            added99 = m["p99"] - direct["p99"] if n != "direct" else 0.0
+            print(f"{n:10} {m['rps']:10.0f} {m['cpu_us']:11.1f} {added50:13.0f} {added99:13.0f} {rss.get(n, 0.0):7.1f}")
+        ours_m, env_m, hap_m = med["revmesh"], med["envoy"], med["haproxy"]
+        print(f"\nrevmesh/envoy: CPU per request {ours_m['cpu_us'] / env_m['cpu_us']:.2f}x, max req/s {ours_m['rps'] / env_m['rps']:.2f}x, RSS {rss['revmesh'] / rss['envoy']:.2f}x")
+        print(f"revmesh/haproxy: CPU per request {ours_m['cpu_us'] / hap_m['cpu_us']:.2f}x, max req/s {ours_m['rps'] / hap_m['rps']:.2f}x")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
