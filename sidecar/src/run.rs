@@ -122,7 +122,13 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => init(args),
         Command::Run(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(args.worker_threads.max(1)).enable_all().build()?;
+            // One worker: a current-thread runtime, with no work stealing or
+            // cross-thread wake-ups on the request path.
+            let runtime = if args.worker_threads <= 1 {
+                tokio::runtime::Builder::new_current_thread().enable_all().build()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread().worker_threads(args.worker_threads).enable_all().build()?
+            };
             runtime.block_on(run(*args))
         }
     }
