@@ -1,0 +1,139 @@
+//! A validated operation, normalised for planning and response shaping:
+//! fragments are inlined, `@skip`/`@include` are applied, variables are
+//! substituted into arguments, and fields with the same response key are merged.
+
+use apollo_compiler::ast::{Type, Value};
+use apollo_compiler::executable::{Operation, Selection, SelectionSet};
+use apollo_compiler::validation::Valid;
+use apollo_compiler::{ExecutableDocument, Schema};
+use serde_json::{Map, Value as Json};
+
+/// One field selection after normalisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    /// The response key (alias or name).
+    pub key: String,
+    pub name: String,
+    /// Arguments with variables substituted, in the order written.
+    pub args: Vec<(String, Json)>,
+    /// The field's type as the schema declares it (for null propagation).
+    pub ty: Type,
+    /// Applies only when the object's type is this one (or implements it);
+    /// set under abstract parents.
+    pub condition: Option<String>,
+    pub children: Vec<Field>,
+}
+
+impl Field {
+    pub fn output(&self) -> &str {
+        self.ty.inner_named_type().as_str()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperationError {
+    #[error("{0}")]
+    Request(String),
+}
+
+pub fn json_of(value: &Value, variables: &Map<String, Json>) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        Value::Enum(e) => Json::String(e.to_string()),
+        Value::Variable(v) => variables.get(v.as_str()).cloned().unwrap_or(Json::Null),
+        Value::String(s) => Json::String(s.clone()),
+        Value::Float(f) => f.try_to_f64().ok().and_then(serde_json::Number::from_f64).map_or(Json::Null, Json::Number),
+        Value::Int(i) => i.as_str().parse::<i64>().map(Json::from).unwrap_or(Json::Null),
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::List(items) => Json::Array(items.iter().map(|i| json_of(i, variables)).collect()),
+        Value::Object(fields) => Json::Object(fields.iter().map(|(k, v)| (k.to_string(), json_of(v, variables))).collect()),
+    }
+}
+
+fn included(directives: &apollo_compiler::executable::DirectiveList, variables: &Map<String, Json>) -> bool {
+    let flag = |name: &str| directives.get(name).and_then(|d| d.specified_argument_by_name("if")).map(|v| json_of(v, variables));
+    let skip = flag("skip").is_some_and(|v| v == Json::Bool(true));
+    let include = flag("include").is_none_or(|v| v == Json::Bool(true));
+    !skip && include
+}
+
+pub struct Normaliser<'a> {
+    pub schema: &'a Valid<Schema>,
+    pub document: &'a Valid<ExecutableDocument>,
+    pub variables: &'a Map<String, Json>,
+}
+
+impl Normaliser<'_> {
+    /// The selection of `set` on objects of `parent` (an object, interface or union type).
+    pub fn fields(&self, set: &SelectionSet, parent: &str, condition: Option<&str>, out: &mut Vec<Field>) {
+        for selection in &set.selections {
+            match selection {
+                Selection::Field(f) => {
+                    if !included(&f.directives, self.variables) {
+                        continue;
+                    }
+                    let mut children = Vec::new();
+                    let output = f.definition.ty.inner_named_type();
+                    if !f.selection_set.selections.is_empty() {
+                        self.fields(&f.selection_set, output.as_str(), None, &mut children);
+                    }
+                    let field = Field {
+                        key: f.response_key().to_string(),
+                        name: f.name.to_string(),
+                        args: f.arguments.iter().map(|a| (a.name.to_string(), json_of(&a.value, self.variables))).collect(),
+                        ty: f.definition.ty.clone(),
+                        condition: condition.map(str::to_string),
+                        children,
+                    };
+                    merge_into(out, field);
+                }
+                Selection::FragmentSpread(spread) => {
+                    if !included(&spread.directives, self.variables) {
+                        continue;
+                    }
+                    if let Some(fragment) = self.document.fragments.get(&spread.fragment_name) {
+                        self.conditional(&fragment.selection_set, parent, Some(fragment.type_condition().as_str()), condition, out);
+                    }
+                }
+                Selection::InlineFragment(inline) => {
+                    if !included(&inline.directives, self.variables) {
+                        continue;
+                    }
+                    self.conditional(&inline.selection_set, parent, inline.type_condition.as_ref().map(|t| t.as_str()), condition, out);
+                }
+            }
+        }
+    }
+
+    fn conditional(&self, set: &SelectionSet, parent: &str, on: Option<&str>, outer: Option<&str>, out: &mut Vec<Field>) {
+        match on {
+            // Always true on this parent: no condition to carry.
+            None => self.fields(set, parent, outer, out),
+            Some(t) if t == parent || self.schema.is_subtype(t, parent) && !self.is_abstract(parent) => self.fields(set, parent, outer, out),
+            Some(t) => self.fields(set, parent, Some(t), out),
+        }
+    }
+
+    fn is_abstract(&self, name: &str) -> bool {
+        matches!(self.schema.types.get(name), Some(apollo_compiler::schema::ExtendedType::Interface(_) | apollo_compiler::schema::ExtendedType::Union(_)))
+    }
+}
+
+/// Adds a field, merging it with an earlier one of the same response key and condition.
+fn merge_into(out: &mut Vec<Field>, field: Field) {
+    if let Some(existing) = out.iter_mut().find(|f| f.key == field.key && f.condition == field.condition) {
+        for child in field.children {
+            merge_into(&mut existing.children, child);
+        }
+    } else {
+        out.push(field);
+    }
+}
+
+/// Picks the operation a request names.
+pub fn operation<'d>(document: &'d Valid<ExecutableDocument>, name: Option<&str>) -> Result<&'d apollo_compiler::Node<Operation>, OperationError> {
+    document.operations.get(name).map_err(|_| match name {
+        Some(n) => OperationError::Request(format!("Unknown operation named \"{n}\".")),
+        None => OperationError::Request("Must provide operation name if query contains multiple operations.".into()),
+    })
+}
