@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 /// Largest subgraph response read.
 const MAX_SUBGRAPH_RESPONSE: usize = 64 * 1024 * 1024;
 
+/// Called with (subgraph name, seconds, succeeded) after each fetch.
+pub type FetchObserver = std::sync::Arc<dyn Fn(&str, f64, bool) + Send + Sync>;
+
 /// HTTP to the subgraphs, pooled.
 #[derive(Clone)]
 pub struct Subgraphs {
@@ -27,7 +30,7 @@ pub struct Subgraphs {
     pub timeouts: HashMap<String, Duration>,
     pub default_timeout: Duration,
     /// Called with (subgraph name, seconds, ok) after each fetch.
-    pub observe: Option<std::sync::Arc<dyn Fn(&str, f64, bool) + Send + Sync>>,
+    pub observe: Option<FetchObserver>,
 }
 
 impl Subgraphs {

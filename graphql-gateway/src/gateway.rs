@@ -5,7 +5,7 @@
 use crate::execute::{self, Subgraphs};
 use crate::operation::{self, Field, Normaliser};
 use crate::plan::{self, Plan};
-use crate::shape::{Out, Shaper};
+use crate::shape::Shaper;
 use crate::supergraph::Supergraph;
 use apollo_compiler::executable::OperationType;
 use apollo_compiler::response::serde_json_bytes;
@@ -200,9 +200,10 @@ impl Gateway {
             }
         }
         let mut shaper = Shaper::new(&self.supergraph.schema);
-        let shaped = shaper.root(&prepared.fields, &data, &prepared.root);
+        let mut shaped = String::with_capacity(16 * 1024);
+        shaper.root(&mut shaped, &prepared.fields, &data, &prepared.root);
         errors.extend(shaper.errors);
-        let mut body = String::with_capacity(4096);
+        let mut body = String::with_capacity(shaped.len() + 64);
         body.push('{');
         if !errors.is_empty() {
             body.push_str("\"errors\":");
@@ -210,10 +211,7 @@ impl Gateway {
             body.push(',');
         }
         body.push_str("\"data\":");
-        match shaped {
-            Out::Null => body.push_str("null"),
-            other => other.write(&mut body),
-        }
+        body.push_str(&shaped);
         body.push('}');
         Response { kind: Kind::Executed, body }
     }

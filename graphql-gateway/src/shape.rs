@@ -10,43 +10,30 @@ use apollo_compiler::validation::Valid;
 use apollo_compiler::Schema;
 use serde_json::{json, Value as Json};
 
-/// An ordered JSON value (objects keep the client's field order).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Out {
-    Null,
-    Leaf(Json),
-    List(Vec<Out>),
-    Object(Vec<(String, Out)>),
+fn write_key(out: &mut String, key: &str) {
+    // Response keys are GraphQL names: no escaping needed.
+    out.push('"');
+    out.push_str(key);
+    out.push('"');
 }
 
-impl Out {
-    pub fn write(&self, out: &mut String) {
-        match self {
-            Out::Null => out.push_str("null"),
-            Out::Leaf(v) => out.push_str(&v.to_string()),
-            Out::List(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    item.write(out);
-                }
-                out.push(']');
-            }
-            Out::Object(fields) => {
-                out.push('{');
-                for (i, (k, v)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Json::String(k.clone()).to_string());
-                    out.push(':');
-                    v.write(out);
-                }
-                out.push('}');
-            }
-        }
+/// A scalar, with serde_json's escaping, written straight into the body.
+fn write_leaf(out: &mut String, value: &Json) {
+    let _ = serde_json::to_writer(StringWriter(out), value);
+}
+
+/// Lets serde_json write UTF-8 straight into a String.
+struct StringWriter<'a>(&'a mut String);
+
+impl std::io::Write for StringWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // serde_json only writes valid UTF-8, but check rather than trust it.
+        let text = std::str::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        self.0.push_str(text);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -86,84 +73,110 @@ impl<'a> Shaper<'a> {
         }
     }
 
-    /// The selection `fields` of an object of type `type_name`; Err if a
-    /// non-null field came out null.
-    fn object(&mut self, fields: &[Field], value: &serde_json::Map<String, Json>, type_name: &str, parent_type: &str) -> Result<Out, Bubble> {
-        let concrete = value.get("__typename").and_then(Json::as_str).unwrap_or(type_name).to_string();
-        let mut out = Vec::with_capacity(fields.len());
+    /// Writes the selection `fields` of an object of type `type_name`; Err
+    /// (with `out` left as it was) if a non-null field came out null.
+    fn object(&mut self, out: &mut String, fields: &[Field], value: &serde_json::Map<String, Json>, type_name: &str) -> Result<(), Bubble> {
+        let start = out.len();
+        let concrete = value.get("__typename").and_then(Json::as_str).unwrap_or(type_name);
+        out.push('{');
+        let mut first = true;
+        let mut written: Vec<&str> = Vec::new();
         for f in fields {
-            if !self.applies(&f.condition, &concrete) {
+            if !self.applies(&f.condition, concrete) || written.contains(&f.key.as_str()) {
                 continue;
             }
-            if out.iter().any(|(k, _): &(String, Out)| *k == f.key) {
-                continue;
+            written.push(&f.key);
+            if !first {
+                out.push(',');
             }
+            first = false;
+            write_key(out, &f.key);
+            out.push(':');
             if f.name == "__typename" {
-                out.push((f.key.clone(), Out::Leaf(Json::String(concrete.clone()))));
+                write_leaf(out, &Json::String(concrete.to_string()));
                 continue;
             }
             self.path.push(PathItem::Key(f.key.clone()));
-            let completed = self.value(f, &f.ty, value.get(&f.key).unwrap_or(&Json::Null), &concrete);
+            let completed = self.value(out, f, &f.ty, value.get(&f.key).unwrap_or(&Json::Null), concrete);
             self.path.pop();
-            match completed {
-                Ok(v) => out.push((f.key.clone(), v)),
-                Err(Bubble) => return Err(Bubble),
+            if completed.is_err() {
+                out.truncate(start);
+                return Err(Bubble);
             }
         }
-        let _ = parent_type;
-        Ok(Out::Object(out))
+        out.push('}');
+        Ok(())
     }
 
-    fn value(&mut self, field: &Field, ty: &Type, value: &Json, parent_type: &str) -> Result<Out, Bubble> {
+    fn value(&mut self, out: &mut String, field: &Field, ty: &Type, value: &Json, parent_type: &str) -> Result<(), Bubble> {
         if value.is_null() {
             if ty.is_non_null() {
                 self.errors.push(json!({"message": format!("Cannot return null for non-nullable field {parent_type}.{}.", field.name), "path": self.path_json()}));
                 return Err(Bubble);
             }
-            return Ok(Out::Null);
+            out.push_str("null");
+            return Ok(());
         }
+        let start = out.len();
         let result = match ty {
             Type::List(inner) | Type::NonNullList(inner) => match value {
                 Json::Array(items) => {
-                    let mut out = Vec::with_capacity(items.len());
-                    let mut failed = false;
+                    out.push('[');
+                    let mut result = Ok(());
                     for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
                         self.path.push(PathItem::Index(i));
-                        let r = self.value(field, inner, item, parent_type);
+                        result = self.value(out, field, inner, item, parent_type);
                         self.path.pop();
-                        match r {
-                            Ok(v) => out.push(v),
-                            Err(Bubble) => {
-                                failed = true;
-                                break;
-                            }
+                        if result.is_err() {
+                            break;
                         }
                     }
-                    if failed { Err(Bubble) } else { Ok(Out::List(out)) }
+                    out.push(']');
+                    result
                 }
-                _ => Ok(Out::Null),
+                _ => {
+                    out.push_str("null");
+                    Ok(())
+                }
             },
             Type::Named(name) | Type::NonNullNamed(name) => {
                 if field.children.is_empty() {
-                    Ok(Out::Leaf(value.clone()))
+                    write_leaf(out, value);
+                    Ok(())
                 } else {
                     match value {
-                        Json::Object(map) => self.object(&field.children, map, name.as_str(), parent_type),
-                        _ => Ok(Out::Null),
+                        Json::Object(map) => self.object(out, &field.children, map, name.as_str()),
+                        _ => {
+                            out.push_str("null");
+                            Ok(())
+                        }
                     }
                 }
             }
         };
         match result {
-            Err(Bubble) if !ty.is_non_null() => Ok(Out::Null),
-            other => other,
+            Ok(()) => Ok(()),
+            Err(Bubble) => {
+                out.truncate(start);
+                if ty.is_non_null() {
+                    Err(Bubble)
+                } else {
+                    out.push_str("null");
+                    Ok(())
+                }
+            }
         }
     }
 
-    /// The `data` of the response for the root selection.
-    pub fn root(&mut self, fields: &[Field], data: &Json, root_type: &str) -> Out {
+    /// Writes the `data` of the response for the root selection.
+    pub fn root(&mut self, out: &mut String, fields: &[Field], data: &Json, root_type: &str) {
         let empty = serde_json::Map::new();
         let map = data.as_object().unwrap_or(&empty);
-        self.object(fields, map, root_type, root_type).unwrap_or(Out::Null)
+        if self.object(out, fields, map, root_type).is_err() {
+            out.push_str("null");
+        }
     }
 }

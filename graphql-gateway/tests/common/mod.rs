@@ -342,6 +342,10 @@ where
 
 /// Starts the four subgraphs on one loopback port: /accounts, /inventory, /products, /reviews.
 pub async fn start() -> Subgraphs {
+    start_on(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+pub async fn start_on(at: std::net::SocketAddr) -> Subgraphs {
     let d: Data = Arc::new(BenchData::load());
     let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
     routes.insert("accounts", exec(Schema::build(AccountsQuery, EmptyMutation, EmptySubscription).enable_federation().data(Arc::clone(&d)).finish()));
@@ -351,7 +355,7 @@ pub async fn start() -> Subgraphs {
     let routes = Arc::new(routes);
     let down: Arc<BTreeMap<&'static str, AtomicBool>> = Arc::new(routes.keys().map(|k| (*k, AtomicBool::new(false))).collect());
     let requests: Arc<BTreeMap<&'static str, AtomicUsize>> = Arc::new(routes.keys().map(|k| (*k, AtomicUsize::new(0))).collect());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind(at).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (down2, requests2) = (Arc::clone(&down), Arc::clone(&requests));
     tokio::spawn(async move {

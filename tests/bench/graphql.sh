@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# GraphQL gateway throughput, side by side in one run: our gateway and Apollo
+# Gateway 2 (npm @apollo/gateway on @apollo/server), both over the same four
+# subgraphs (async-graphql, `cargo run --example bench-subgraphs`), both
+# answering the benchmark query of shared/bench/graphql at a fixed concurrency.
+#
+#   bash tests/bench/graphql.sh                   # 5 interleaved rounds of 10 s, 50 connections
+#   ROUNDS=3 DURATION=5 CONCURRENCY=50 bash tests/bench/graphql.sh
+#
+# The gateways share CPU 0; the subgraphs and oha run on CPU 1. Reported per
+# gateway: median req/s, p95 and p99 latency, and RSS after the runs. Every
+# response of the first round is checked against the expected response.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export ROUNDS="${ROUNDS:-5}" DURATION="${DURATION:-10}" CONCURRENCY="${CONCURRENCY:-50}"
+command -v oha >/dev/null || cargo install --locked oha
+command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
+apollo="$HOME/.cache/revmesh/apollo-gateway"
+if [ ! -d "$apollo/node_modules/@apollo/gateway" ]; then
+  mkdir -p "$apollo"
+  (cd "$apollo" && npm init -y >/dev/null && npm install --silent @apollo/gateway@2 @apollo/server@4 graphql@16)
+fi
+cargo build --release -p graphql-gateway --bins --examples
+export TARGET_DIR="${CARGO_TARGET_DIR:-target}/release" APOLLO_DIR="$apollo"
+exec python3 tests/bench/graphql_bench.py

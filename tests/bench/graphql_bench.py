@@ -1,0 +1,152 @@
+"""Driver of tests/bench/graphql.sh (see there for what is measured)."""
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
+DURATION = int(os.environ.get("DURATION", "10"))
+CONCURRENCY = int(os.environ.get("CONCURRENCY", "50"))
+TARGET = os.environ["TARGET_DIR"]
+APOLLO = os.environ["APOLLO_DIR"]
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../graphql-gateway/tests/data")
+
+APOLLO_SCRIPT = """
+const { ApolloServer } = require('@apollo/server');
+const { startStandaloneServer } = require('@apollo/server/standalone');
+const { ApolloGateway } = require('@apollo/gateway');
+const fs = require('fs');
+const gateway = new ApolloGateway({ supergraphSdl: fs.readFileSync(process.argv[2], 'utf8') });
+const server = new ApolloServer({ gateway });
+startStandaloneServer(server, { listen: { port: Number(process.argv[3]), host: '127.0.0.1' } })
+  .then(({ url }) => console.error('apollo gateway at ' + url));
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def wait_ready(port, body, timeout=60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            post(port, body)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise SystemExit(f"nothing answers on {port}")
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def oha(port, body_file):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "oha", "--no-tui", "--output-format", "json", "-z", f"{DURATION}s", "-c", str(CONCURRENCY), "-m", "POST",
+         "-H", "content-type: application/json", "-D", body_file, f"http://127.0.0.1:{port}/graphql"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    data = json.loads(out)
+    codes = data.get("statusCodeDistribution", {})
+    if set(codes) - {"200"}:
+        raise SystemExit(f"non-200 answers from {port}: {codes}")
+    pct = data["latencyPercentiles"]
+    return data["summary"]["requestsPerSec"], pct["p95"] * 1000, pct["p99"] * 1000
+
+
+def main():
+    work = tempfile.mkdtemp()
+    procs = []
+
+    def start(cmd, name, cpu, cwd=None):
+        log = open(os.path.join(work, f"{name}.log"), "w")
+        env = dict(os.environ, NODE_PATH=os.path.join(APOLLO, "node_modules"), NODE_ENV="production")
+        p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+        procs.append(p)
+        return p
+
+    try:
+        sub_port = free_port()
+        start([f"{TARGET}/examples/bench-subgraphs", str(sub_port)], "subgraphs", 1)
+        with open(os.path.join(DATA, "supergraph.graphql")) as f:
+            sdl = f.read().replace("http://0.0.0.0:4200", f"http://127.0.0.1:{sub_port}")
+        supergraph = os.path.join(work, "supergraph.graphql")
+        with open(supergraph, "w") as f:
+            f.write(sdl)
+        body_file = os.path.join(DATA, "query.json")
+        with open(body_file, "rb") as f:
+            body = f.read()
+        with open(os.path.join(DATA, "expected-response.json")) as f:
+            expected = json.load(f)
+
+        ours = free_port()
+        ours_p = start([f"{TARGET}/graphql-gateway", "--supergraph", supergraph, "--listen", f"127.0.0.1:{ours}"], "revmesh", 0)
+        apollo = free_port()
+        script = os.path.join(work, "apollo.js")
+        with open(script, "w") as f:
+            f.write(APOLLO_SCRIPT)
+        apollo_p = start(["node", script, supergraph, str(apollo)], "apollo", 0, cwd=APOLLO)
+        targets = {"revmesh": (ours, ours_p), "apollo-gateway": (apollo, apollo_p)}
+        for name, (port, _) in targets.items():
+            wait_ready(port, body)
+            got = post(port, body)
+            if got != expected:
+                raise SystemExit(f"{name} does not answer the expected response")
+            print(f"{name} answers the expected response", file=sys.stderr)
+
+        results = {n: {"rps": [], "p95": [], "p99": [], "cpu": []} for n in targets}
+        for r in range(ROUNDS):
+            for name, (port, proc) in targets.items():
+                before = cpu_seconds(proc.pid)
+                rps, p95, p99 = oha(port, body_file)
+                results[name]["cpu"].append((cpu_seconds(proc.pid) - before) / DURATION * 100)
+                results[name]["rps"].append(rps)
+                results[name]["p95"].append(p95)
+                results[name]["p99"].append(p99)
+            print(f"round {r + 1}/{ROUNDS}: " + ", ".join(f"{n} {results[n]['rps'][-1]:.0f} rps" for n in targets), file=sys.stderr)
+        med = {n: {k: statistics.median(v) for k, v in res.items()} for n, res in results.items()}
+        rss = {n: rss_mb(p.pid) for n, (_, p) in targets.items()}
+        print(f"\nbenchmark query, {CONCURRENCY} connections, median of {ROUNDS} rounds of {DURATION} s")
+        print(f"{'gateway':16} {'req/s':>9} {'p95 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'CPU %':>6}")
+        for n in targets:
+            m = med[n]
+            print(f"{n:16} {m['rps']:9.1f} {m['p95']:8.1f} {m['p99']:8.1f} {rss[n]:7.1f} {m['cpu']:6.0f}")
+        print(f"\nrevmesh/apollo-gateway: {med['revmesh']['rps'] / med['apollo-gateway']['rps']:.1f}x req/s")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
