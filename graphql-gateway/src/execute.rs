@@ -42,14 +42,14 @@ impl Subgraphs {
         Subgraphs { client, endpoints, timeouts, default_timeout, observe: None }
     }
 
-    async fn post(&self, graph: &str, body: Json, headers: &[(String, String)]) -> Result<Json, String> {
+    async fn post(&self, graph: &str, body: Bytes, headers: &[(String, String)]) -> Result<Json, String> {
         let (name, uri) = self.endpoints.get(graph).ok_or_else(|| format!("no URL for subgraph {graph}"))?;
         let timeout = self.timeouts.get(name).copied().unwrap_or(self.default_timeout);
         let mut req = hyper::Request::post(uri.clone()).header(hyper::header::CONTENT_TYPE, "application/json").header(hyper::header::ACCEPT, "application/graphql-response+json, application/json");
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let req = req.body(Full::new(Bytes::from(body.to_string()))).map_err(|e| e.to_string())?;
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let started = Instant::now();
         let result = async {
             let resp = tokio::time::timeout(timeout, self.client.request(req)).await.map_err(|_| format!("no answer within {timeout:?}"))?.map_err(|e| e.to_string())?;
@@ -149,14 +149,15 @@ pub fn merge(into: &mut Json, from: Json) {
 /// A prepared request for one fetch: the body, and for entity fetches which
 /// representation each visited object maps to.
 struct Prepared {
-    body: Json,
+    /// Serialized once; cloning it for the request is a reference count.
+    body: Bytes,
     slots: Option<Vec<Option<usize>>>,
 }
 
 fn prepare(fetch: &Fetch, data: &Json, variables: &Map<String, Json>) -> Option<Prepared> {
     let query = fetch_text(fetch);
     match &fetch.kind {
-        FetchKind::Root { .. } => Some(Prepared { body: json!({"query": query, "variables": variables}), slots: None }),
+        FetchKind::Root { .. } => Some(Prepared { body: Bytes::from(json!({"query": query, "variables": variables}).to_string()), slots: None }),
         FetchKind::Entity { type_name, path, key, requires } => {
             let mut objects = Vec::new();
             collect(data, path, &mut objects);
@@ -186,7 +187,7 @@ fn prepare(fetch: &Fetch, data: &Json, variables: &Map<String, Json>) -> Option<
             if reps.is_empty() {
                 return None;
             }
-            Some(Prepared { body: json!({"query": query, "variables": {"representations": reps}}), slots: Some(slots) })
+            Some(Prepared { body: Bytes::from(json!({"query": query, "variables": {"representations": reps}}).to_string()), slots: Some(slots) })
         }
     }
 }
@@ -239,15 +240,31 @@ pub async fn run(plan: &Plan, subgraphs: &Subgraphs, variables: &Map<String, Jso
                 (FetchKind::Root { .. }, _) => merge(&mut data, result_data),
                 (FetchKind::Entity { path, .. }, Some(slots)) => {
                     let Some(Json::Array(entities)) = result_data.get_mut("_entities").map(Json::take) else { continue };
+                    // An entity shared by several objects is copied; the last use takes it.
+                    let mut uses = vec![0usize; entities.len()];
+                    for index in slots.iter().flatten() {
+                        if let Some(u) = uses.get_mut(*index) {
+                            *u += 1;
+                        }
+                    }
+                    let mut entities: Vec<Option<Json>> = entities.into_iter().map(Some).collect();
                     let mut at = 0;
                     visit_mut(&mut data, path, &mut |object| {
                         if let Some(Some(index)) = slots.get(at) {
-                            if let Some(Json::Object(entity)) = entities.get(*index) {
+                            let entity = match (uses.get_mut(*index), entities.get_mut(*index)) {
+                                (Some(u), Some(slot)) if *u <= 1 => slot.take(),
+                                (Some(u), Some(slot)) => {
+                                    *u -= 1;
+                                    slot.clone()
+                                }
+                                _ => None,
+                            };
+                            if let Some(Json::Object(entity)) = entity {
                                 for (k, v) in entity {
-                                    match object.get_mut(k) {
-                                        Some(existing) => merge(existing, v.clone()),
+                                    match object.get_mut(&k) {
+                                        Some(existing) => merge(existing, v),
                                         None => {
-                                            object.insert(k.clone(), v.clone());
+                                            object.insert(k, v);
                                         }
                                     }
                                 }
