@@ -2,13 +2,14 @@
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from benchlib import Processes, cpu_seconds, free_port, rss_mb
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "10"))
@@ -29,10 +30,6 @@ startStandaloneServer(server, { listen: { port: Number(process.argv[3]), host: '
 """
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port, body):
@@ -52,18 +49,8 @@ def wait_ready(port, body, timeout=60.0):
     raise SystemExit(f"nothing answers on {port}")
 
 
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def oha(port, body_file):
@@ -82,16 +69,9 @@ def oha(port, body_file):
 
 def main():
     work = tempfile.mkdtemp()
-    procs = []
-
-    def start(cmd, name, cpu, cwd=None):
-        log = open(os.path.join(work, f"{name}.log"), "w")
-        env = dict(os.environ, NODE_PATH=os.path.join(APOLLO, "node_modules"), NODE_ENV="production")
-        p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
-        procs.append(p)
-        return p
-
-    try:
+    env = dict(os.environ, NODE_PATH=os.path.join(APOLLO, "node_modules"), NODE_ENV="production")
+    with Processes(work, env) as processes:
+        start = processes.start
         sub_port = free_port()
         start([f"{TARGET}/examples/bench-subgraphs", str(sub_port)], "subgraphs", 1)
         with open(os.path.join(DATA, "supergraph.graphql")) as f:
@@ -138,14 +118,6 @@ def main():
             m = med[n]
             print(f"{n:16} {m['rps']:9.1f} {m['p95']:8.1f} {m['p99']:8.1f} {rss[n]:7.1f} {m['cpu']:6.0f}")
         print(f"\nrevmesh/apollo-gateway: {med['revmesh']['rps'] / med['apollo-gateway']['rps']:.1f}x req/s")
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 if __name__ == "__main__":

@@ -3,13 +3,14 @@
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from benchlib import Processes, cpu_seconds, free_port, rss_mb
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "5"))
@@ -18,10 +19,6 @@ HOST = "web.demo"
 HZ = os.sysconf("SC_CLK_TCK")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url, headers=None, timeout=30.0):
@@ -38,18 +35,8 @@ def wait_http(url, headers=None, timeout=30.0):
     raise SystemExit(f"{url} did not answer 200 within {timeout}s")
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
 
 
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def wrk(port):
@@ -78,15 +65,8 @@ def oha(port):
 
 def main():
     work = tempfile.mkdtemp()
-    procs = []
-
-    def start(cmd, name, cpu):
-        log = open(os.path.join(work, f"{name}.log"), "w")
-        p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(p)
-        return p
-
-    try:
+    with Processes(work) as processes:
+        start = processes.start
         nginx_port = free_port()
         body = "x" * 1024
         conf = os.path.join(work, "nginx.conf")
@@ -209,14 +189,6 @@ backend web
         ours_m, env_m, hap_m = med["revmesh"], med["envoy"], med["haproxy"]
         print(f"\nrevmesh/envoy: CPU per request {ours_m['cpu_us'] / env_m['cpu_us']:.2f}x, max req/s {ours_m['rps'] / env_m['rps']:.2f}x, RSS {rss['revmesh'] / rss['envoy']:.2f}x")
         print(f"revmesh/haproxy: CPU per request {ours_m['cpu_us'] / hap_m['cpu_us']:.2f}x, max req/s {ours_m['rps'] / hap_m['rps']:.2f}x")
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 if __name__ == "__main__":
