@@ -13,7 +13,7 @@
 //! The proxy's own uid keeps that connection out of the capture.
 
 use crate::metrics::{Metrics, RequestLabels, TcpLabels};
-use crate::proxy::{original_destination, BoxError, Drain};
+use crate::proxy::{accept_loop, original_destination, BoxError, Drain};
 use crate::tls::{client_hello_alpn, spiffe_id, Mesh, ALPN_HTTP, ALPN_TCP};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -22,7 +22,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -94,22 +93,12 @@ impl Inbound {
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        let drain = Arc::clone(&self.drain);
+        accept_loop(listener, drain, "inbound", move |tcp, peer| {
             let this = Arc::clone(&self);
-            this.drain.open.fetch_add(1, Ordering::AcqRel);
-            tokio::spawn(async move {
-                this.connection(tcp, peer).await;
-                this.drain.open.fetch_sub(1, Ordering::AcqRel);
-            });
-        }
+            async move { this.connection(tcp, peer).await }
+        })
+        .await
     }
 
     fn refused(&self, peer: SocketAddr, why: &str) {

@@ -137,6 +137,32 @@ async fn wait_draining(draining: &mut watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await.map(|_| ());
 }
 
+/// Accepts connections until the task is stopped, each handled on its own
+/// task and counted as open in `drain` while it lasts.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, drain: Arc<Drain>, listener_name: &'static str, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::warn!(listener = listener_name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        drain.open.fetch_add(1, Ordering::AcqRel);
+        let (drain, work) = (Arc::clone(&drain), handle(tcp, peer));
+        tokio::spawn(async move {
+            let _open = OpenGuard(&drain.open);
+            work.await;
+        });
+    }
+}
+
 struct OpenGuard<'a>(&'a AtomicUsize);
 
 impl Drop for OpenGuard<'_> {
@@ -180,22 +206,12 @@ impl Outbound {
 
     /// Accepts until the task is stopped (after the drain).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        let drain = Arc::clone(&self.drain);
+        accept_loop(listener, drain, "outbound", move |tcp, peer| {
             let this = Arc::clone(&self);
-            this.drain.open.fetch_add(1, Ordering::AcqRel);
-            tokio::spawn(async move {
-                let _open = OpenGuard(&this.drain.open);
-                this.connection(tcp, peer).await;
-            });
-        }
+            async move { this.connection(tcp, peer).await }
+        })
+        .await
     }
 
     async fn connection(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
