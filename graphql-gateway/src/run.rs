@@ -155,6 +155,11 @@ async fn watch_supergraph(server: Arc<Server>, path: PathBuf, config: Config, me
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    serve(args).await
+}
+
+/// Serves until SIGTERM or Ctrl-C; the caller owns logging.
+pub async fn serve(args: Args) -> anyhow::Result<()> {
     let config = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),

@@ -36,6 +36,10 @@ pub enum Command {
     /// (like `istioctl kube-inject`). Pods, Deployments, StatefulSets, DaemonSets,
     /// ReplicaSets, Jobs and CronJobs are injected; other objects pass through.
     Inject(InjectArgs),
+    /// Run the local mesh on loopback, with no cluster: a control plane, the
+    /// demo app behind its sidecar, a client sidecar with mTLS between them,
+    /// and the GraphQL gateway over two subgraphs. Prints what to curl.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 //! `webhook` crates, so meshctl and the cluster always agree.
 
 pub mod cli;
+pub mod demo;
 mod inject;
 mod rollouts_cmd;
 
@@ -16,6 +17,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollouts(RolloutsCommand::Explain(args)) => rollouts_cmd::explain(&args, cli.output),
         Command::Rollouts(RolloutsCommand::Diff { old, new, keys, list }) => rollouts_cmd::diff(&old, &new, &keys, list, cli.output),
         Command::Inject(args) => inject::inject(&args, cli.output),
+        Command::Demo(args) => demo::demo(&args),
     }
 }
 

@@ -45,6 +45,8 @@ pub struct Inbound {
     pub workload: String,
     pub revision: String,
     pub drain: Arc<Drain>,
+    /// Without capture there is no original destination: everything goes here.
+    pub fixed_target: Option<SocketAddr>,
     app: Client<HttpConnector, crate::proxy::Body>,
 }
 
@@ -89,7 +91,7 @@ impl Inbound {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         let app = Client::builder(TokioExecutor::new()).build(connector);
-        Inbound { mesh, mode, metrics, workload, revision, drain, app }
+        Inbound { mesh, mode, metrics, workload, revision, drain, fixed_target: None, app }
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
@@ -108,7 +110,13 @@ impl Inbound {
 
     async fn connection(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
-        let Ok(destination) = original_destination(&tcp) else { return };
+        let destination = match self.fixed_target {
+            Some(t) => t,
+            None => match original_destination(&tcp) {
+                Ok(d) => d,
+                Err(_) => return,
+            },
+        };
         let kind = sniff(&tcp).await;
         let mesh = match (&self.mesh, kind) {
             (Some(mesh), Kind::MeshHttp | Kind::MeshTcp) => mesh,

@@ -80,6 +80,10 @@ pub struct RunArgs {
     pub capture: bool,
     #[arg(long, default_value = "0.0.0.0:15006")]
     pub inbound_listen: SocketAddr,
+    /// Without capture: serve inbound mTLS on --inbound-listen and forward to
+    /// this address (the app), for meshes on one host such as `meshctl demo`.
+    #[arg(long)]
+    pub inbound_target: Option<SocketAddr>,
     /// PERMISSIVE: mTLS from meshed peers and plaintext from others; STRICT: mTLS only.
     #[arg(long, env = "REVMESH_INBOUND_MODE", value_enum, default_value = "PERMISSIVE")]
     pub inbound_mode: crate::inbound::Mode,
@@ -122,6 +126,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => init(args),
         Command::Run(args) => {
+            let set_log_level = logging(&args.log_level)?;
             // One worker: a current-thread runtime, with no work stealing or
             // cross-thread wake-ups on the request path.
             let runtime = if args.worker_threads <= 1 {
@@ -129,7 +134,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             } else {
                 tokio::runtime::Builder::new_multi_thread().worker_threads(args.worker_threads).enable_all().build()?
             };
-            runtime.block_on(run(*args))
+            runtime.block_on(run(*args, set_log_level))
         }
     }
 }
@@ -165,8 +170,9 @@ fn logging(level: &str) -> anyhow::Result<crate::admin::SetLogLevel> {
     }))
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let set_log_level = logging(&args.log_level)?;
+/// Runs the proxy until SIGTERM or Ctrl-C, then drains. The caller owns
+/// logging: `set_log_level` is what `POST /logging` calls.
+pub async fn run(args: RunArgs, set_log_level: crate::admin::SetLogLevel) -> anyhow::Result<()> {
     let tls = if args.xds_plaintext {
         None
     } else {
@@ -206,7 +212,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let bind = |addr: SocketAddr| async move { tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}")) };
     let outbound_listener = bind(args.outbound_listen).await?;
-    let inbound_listener = if args.capture { Some(bind(args.inbound_listen).await?) } else { None };
+    let inbound_listener = if args.capture || args.inbound_target.is_some() { Some(bind(args.inbound_listen).await?) } else { None };
     let admin = Admin { config: config_rx.clone(), xds: Arc::clone(&status), metrics: Arc::clone(&metrics), drain: Arc::clone(&drain), set_log_level, mesh: mesh.clone() };
     tokio::spawn(admin.clone().serve(bind(args.admin_listen).await?, Port::Admin));
     tokio::spawn(admin.clone().serve(bind(args.metrics_listen).await?, Port::Metrics));
@@ -214,7 +220,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(xds::run(XdsTarget { address: args.control_plane.clone(), tls }, node.clone(), config_tx, Arc::clone(&status)));
     let workload = args.workload.clone().unwrap_or(pod);
     let inbound = inbound_listener.map(|listener| {
-        let inbound = Arc::new(crate::inbound::Inbound::new(mesh.clone(), args.inbound_mode, Arc::clone(&metrics), workload.clone(), args.revision.clone(), Arc::clone(&drain)));
+        let mut inbound = crate::inbound::Inbound::new(mesh.clone(), args.inbound_mode, Arc::clone(&metrics), workload.clone(), args.revision.clone(), Arc::clone(&drain));
+        inbound.fixed_target = if args.capture { None } else { args.inbound_target };
+        let inbound = Arc::new(inbound);
         tokio::spawn(inbound.serve(listener))
     });
     let outbound = Arc::new(Outbound::new(config_rx, metrics, args.capture, workload, args.revision.clone(), Arc::clone(&drain), mesh));
