@@ -88,12 +88,15 @@ pub async fn handle(req: Request<Incoming>, svc: Arc<CaService>) -> Response<Ful
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(str::to_string);
-            let Some(token) = token else {
-                return error(StatusCode::UNAUTHORIZED, "send the workload's token as Authorization: Bearer <token>");
-            };
+            // The body is read before any refusal: answering while the client
+            // still sends makes HTTP/2 reset the stream, and the client then
+            // sees a framing error instead of the status.
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the request exceeds 64 KiB"),
+            };
+            let Some(token) = token else {
+                return error(StatusCode::UNAUTHORIZED, "send the workload's token as Authorization: Bearer <token>");
             };
             let request: serde_json::Value = match serde_json::from_slice(&body) {
                 Ok(v) => v,

@@ -104,8 +104,10 @@ fn kubernetes_source_feeds_envoy_from_a_real_apiserver() {
     let wrong = cluster.kubectl(&["create", "token", "default", "-n", "demo", "--audience", "someone-else"]).expect("token request");
     let (status, body) = request_certificate(dir.path(), cp.ca, Some(wrong.trim()), &csr);
     assert_eq!(status, 401, "{body}");
-    assert_eq!(request_certificate(dir.path(), cp.ca, Some("not-a-token"), &csr).0, 401);
-    assert_eq!(request_certificate(dir.path(), cp.ca, None, &csr).0, 401);
+    let (status, body) = request_certificate(dir.path(), cp.ca, Some("not-a-token"), &csr);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = request_certificate(dir.path(), cp.ca, None, &csr);
+    assert_eq!(status, 401, "{body}");
     let log = std::fs::read_to_string(&cp.log).unwrap_or_default();
     assert!(!log.contains(token.trim()), "a token reached the log");
 
