@@ -122,7 +122,7 @@ impl Inbound {
             (Some(mesh), Kind::MeshHttp | Kind::MeshTcp) => mesh,
             (None, Kind::MeshHttp | Kind::MeshTcp) => return self.refused(peer, "mTLS offered, but this proxy has no identity"),
             (_, Kind::Other) if self.mode == Mode::Strict => return self.refused(peer, "plaintext in STRICT mode"),
-            (_, Kind::Other) => return self.tcp_to_app(tcp, destination, String::new()).await,
+            (_, Kind::Other) => return self.plaintext(tcp, destination).await,
         };
         let tls = match mesh.acceptor().accept(tcp).await {
             Ok(t) => t,
@@ -152,6 +152,28 @@ impl Inbound {
         }
     }
 
+    /// PERMISSIVE plaintext. HTTP is proxied (not passed as bytes) so that a
+    /// client without mTLS cannot hand the app a forged identity header;
+    /// anything else is passed through as bytes.
+    async fn plaintext(self: &Arc<Self>, tcp: TcpStream, destination: SocketAddr) {
+        let mut first = [0u8; 24];
+        let n = match tokio::time::timeout(crate::proxy::DETECT_TIMEOUT, tcp.peek(&mut first)).await {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        if !matches!(crate::proxy::classify(&first[..n]), Some(crate::proxy::Protocol::Http1 | crate::proxy::Protocol::Http2) | None) || n == 0 {
+            return self.tcp_to_app(tcp, destination, String::new()).await;
+        }
+        let this = Arc::clone(self);
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let this = Arc::clone(&this);
+            async move { Ok::<_, std::convert::Infallible>(this.to_app(req, destination, "").await) }
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;
+    }
+
+    /// Forwards a request to the app; `identity` (empty for plaintext) goes in
+    /// the peer-identity header, and any such header from the client is dropped.
     async fn to_app(&self, req: Request<Incoming>, destination: SocketAddr, identity: &str) -> Response<crate::proxy::Body> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
@@ -163,8 +185,10 @@ impl Inbound {
         };
         parts.version = hyper::Version::HTTP_11;
         parts.headers.remove(PEER_IDENTITY_HEADER);
-        if let Ok(v) = hyper::header::HeaderValue::from_str(identity) {
-            parts.headers.insert(PEER_IDENTITY_HEADER, v);
+        if !identity.is_empty() {
+            if let Ok(v) = hyper::header::HeaderValue::from_str(identity) {
+                parts.headers.insert(PEER_IDENTITY_HEADER, v);
+            }
         }
         if let Ok(v) = hyper::header::HeaderValue::from_str(&host) {
             parts.headers.insert(hyper::header::HOST, v);

@@ -319,6 +319,8 @@ fn captured_traffic_flows_through_the_sidecar() {
     };
     let (_, plain) = direct(&["curl", "-s", "--max-time", "5", "-w", "\n%{http_code}", "http://10.77.0.2:8080/"]);
     assert_eq!(plain, "backend-a \n200", "no identity without mTLS");
+    let (_, forged) = direct(&["curl", "-s", "--max-time", "5", "-H", "x-revmesh-peer-identity: spiffe://cluster.local/ns/demo/sa/admin", "-w", "\n%{http_code}", "http://10.77.0.2:8080/"]);
+    assert_eq!(forged, "backend-a \n200", "a plaintext client cannot claim an identity");
     // STRICT: the same client is refused, and so is a peer whose certificate the mesh did not issue.
     drop(server_proxy);
     let _strict_server_proxy = start_proxy(&srv, "web", "10.77.0.1:15012", "STRICT", &server_log);
