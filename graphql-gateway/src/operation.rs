@@ -14,8 +14,9 @@ pub struct Field {
     /// The response key (alias or name).
     pub key: String,
     pub name: String,
-    /// Arguments with variables substituted, in the order written.
-    pub args: Vec<(String, Json)>,
+    /// Arguments with variables substituted, as GraphQL literals typed by
+    /// the schema (enum values bare), in the order written.
+    pub args: Vec<(String, String)>,
     /// The field's type as the schema declares it (for null propagation).
     pub ty: Type,
     /// Applies only when the object's type is this one (or implements it);
@@ -50,6 +51,47 @@ pub fn json_of(value: &Value, variables: &Map<String, Json>) -> Json {
     }
 }
 
+/// A GraphQL literal for a JSON value of type `ty`: strings of enum types are
+/// written bare, input objects and lists recurse with their field and item
+/// types.
+pub fn typed_literal(schema: &Schema, value: &Json, ty: &Type, out: &mut String) {
+    use apollo_compiler::schema::ExtendedType;
+    match (value, ty) {
+        (Json::Array(items), Type::List(inner) | Type::NonNullList(inner)) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                typed_literal(schema, item, inner, out);
+            }
+            out.push(']');
+        }
+        (_, Type::List(inner) | Type::NonNullList(inner)) => typed_literal(schema, value, inner, out),
+        (Json::String(s), Type::Named(n) | Type::NonNullNamed(n)) if matches!(schema.types.get(n), Some(ExtendedType::Enum(_))) => out.push_str(s),
+        (Json::Object(fields), Type::Named(n) | Type::NonNullNamed(n)) => {
+            let input = match schema.types.get(n) {
+                Some(ExtendedType::InputObject(i)) => Some(i),
+                _ => None,
+            };
+            out.push('{');
+            for (i, (k, v)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(k);
+                out.push(':');
+                match input.and_then(|i| i.fields.get(k.as_str())) {
+                    Some(field) => typed_literal(schema, v, &field.ty, out),
+                    None => crate::plan::literal(v, out),
+                }
+            }
+            out.push('}');
+        }
+        _ => crate::plan::literal(value, out),
+    }
+}
+
 fn included(directives: &apollo_compiler::executable::DirectiveList, variables: &Map<String, Json>) -> bool {
     let flag = |name: &str| directives.get(name).and_then(|d| d.specified_argument_by_name("if")).map(|v| json_of(v, variables));
     let skip = flag("skip").is_some_and(|v| v == Json::Bool(true));
@@ -80,7 +122,19 @@ impl Normaliser<'_> {
                     let field = Field {
                         key: f.response_key().to_string(),
                         name: f.name.to_string(),
-                        args: f.arguments.iter().map(|a| (a.name.to_string(), json_of(&a.value, self.variables))).collect(),
+                        args: f
+                            .arguments
+                            .iter()
+                            .map(|a| {
+                                let value = json_of(&a.value, self.variables);
+                                let mut text = String::new();
+                                match f.definition.argument_by_name(&a.name) {
+                                    Some(def) => typed_literal(self.schema, &value, &def.ty, &mut text),
+                                    None => crate::plan::literal(&value, &mut text),
+                                }
+                                (a.name.to_string(), text)
+                            })
+                            .collect(),
                         ty: f.definition.ty.clone(),
                         condition: condition.map(str::to_string),
                         children,
@@ -136,4 +190,29 @@ pub fn operation<'d>(document: &'d Valid<ExecutableDocument>, name: Option<&str>
         Some(n) => OperationError::Request(format!("Unknown operation named \"{n}\".")),
         None => OperationError::Request("Must provide operation name if query contains multiple operations.".into()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_write_enums_bare_inside_lists_and_input_objects() {
+        let schema = Schema::parse_and_validate(
+            "type Query { items(order: Order, filter: Filter, tags: [String!]): [Int] }\nenum Order { ASC DESC }\ninput Filter { order: Order, name: String }\n",
+            "s.graphql",
+        )
+        .expect("schema");
+        let ty = |text: &str| Type::Named(apollo_compiler::Name::new(text).expect("name"));
+        let mut out = String::new();
+        typed_literal(&schema, &serde_json::json!("ASC"), &ty("Order"), &mut out);
+        assert_eq!(out, "ASC");
+        out.clear();
+        typed_literal(&schema, &serde_json::json!({"order": "DESC", "name": "a \"b\""}), &ty("Filter"), &mut out);
+        assert_eq!(out, r#"{name:"a \"b\"",order:DESC}"#);
+        out.clear();
+        let list = Type::List(Box::new(Type::NonNullNamed(apollo_compiler::Name::new("String").expect("name"))));
+        typed_literal(&schema, &serde_json::json!(["x", "y"]), &list, &mut out);
+        assert_eq!(out, r#"["x","y"]"#);
+    }
 }

@@ -25,7 +25,8 @@ use std::collections::BTreeMap;
 pub struct SubField {
     pub key: String,
     pub name: String,
-    pub args: Vec<(String, Json)>,
+    /// (name, GraphQL literal)
+    pub args: Vec<(String, String)>,
     /// Inline fragment type condition (abstract parents).
     pub condition: Option<String>,
     pub children: Vec<SubField>,
@@ -297,7 +298,7 @@ pub fn selection_text(fields: &[SubField], out: &mut String) {
                 }
                 out.push_str(name);
                 out.push(':');
-                literal(value, out);
+                out.push_str(value);
             }
             out.push(')');
         }
