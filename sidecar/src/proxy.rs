@@ -27,6 +27,12 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// How long a silent client may take before its connection is treated as
 /// opaque TCP (server-first protocols such as MySQL never speak first).
 pub const DETECT_TIMEOUT: Duration = Duration::from_millis(100);
+/// Metric labels of traffic outside the mesh's services, as Istio names them.
+/// Never the destination itself: label values must not grow with what apps
+/// (or the Host headers they send) happen to contact.
+const PASSTHROUGH: &str = "PassthroughCluster";
+const BLACKHOLE: &str = "BlackHoleCluster";
+
 /// Largest request body buffered so that it can be retried.
 const RETRY_BUFFER: usize = 64 * 1024;
 
@@ -281,12 +287,12 @@ impl Outbound {
                         let service = cluster_service(&cluster.name).to_string();
                         (self.forward(req, route, cluster, &host, &path).await, service)
                     }
-                    None => (text_response(StatusCode::SERVICE_UNAVAILABLE, "no cluster for this route\n"), host.clone()),
+                    None => (text_response(StatusCode::SERVICE_UNAVAILABLE, "no cluster for this route\n"), BLACKHOLE.to_string()),
                 }
             }
             // No mesh route: pass through to where the app was going.
-            None if self.captured => (self.passthrough(req, destination, &path).await, destination.to_string()),
-            None => (text_response(StatusCode::NOT_FOUND, format!("no route for host {host:?}\n")), host.clone()),
+            None if self.captured => (self.passthrough(req, destination, &path).await, PASSTHROUGH.to_string()),
+            None => (text_response(StatusCode::NOT_FOUND, format!("no route for host {host:?}\n")), BLACKHOLE.to_string()),
         };
         let mut response = response;
         if self.drain.is_draining() && version < hyper::Version::HTTP_2 {
@@ -440,7 +446,7 @@ impl Outbound {
                     None => return,
                 }
             }
-            None if self.captured => (destination.to_string(), destination),
+            None if self.captured => (PASSTHROUGH.to_string(), destination),
             None => return,
         };
         let labels = TcpLabels { reporter: "source", source_workload: self.workload.clone(), destination_service: service, revision: self.revision.clone() };
