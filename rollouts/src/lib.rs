@@ -7,6 +7,7 @@
 //! * [`workload`] derives the stable workload name a pod belongs to.
 
 pub mod assign;
+pub mod edit;
 pub mod evaluate;
 pub mod labels;
 pub mod model;
@@ -16,5 +17,5 @@ mod yaml_tree;
 pub mod workload;
 
 pub use evaluate::{Evaluation, PodFacts, Reason, SkipReason};
-pub use model::{HashBy, Rollouts, Rule, VersionName, VersionSpec};
+pub use model::{HashBy, Rollouts, Rule, UpgradeState, VersionName, VersionSpec};
 pub use parse::{parse, ParseError, Problem};

@@ -85,6 +85,23 @@ pub struct Rollouts {
     /// In file order (the order is informational; assignment does not depend on it).
     pub versions: BTreeMap<VersionName, VersionSpec>,
     pub rules: Vec<Rule>,
+    /// The upgrade in progress, written by `meshctl upgrade`; the webhook
+    /// ignores it (the rules alone decide versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeState>,
+}
+
+/// Where an upgrade from one version to another stands. Kept in rollouts.yml,
+/// so the state is reviewed, versioned and rolled back with the rules it explains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeState {
+    pub from: VersionName,
+    pub to: VersionName,
+    /// Percentages of the moving share on `to`, strictly increasing, ending at 100.
+    pub steps: Vec<u32>,
+    /// The step in force: 0 (nothing moved) or one of `steps`.
+    pub percent: u32,
 }
 
 pub const API_VERSION: &str = "revmesh.io/v1";

@@ -1,7 +1,7 @@
 //! Reading rollouts.yml: structure, types and meaning are all checked, and every
 //! problem is reported with its line and column, not just the first.
 
-use crate::model::{HashBy, Rollouts, Rule, VersionName, VersionSpec, API_VERSION, KIND};
+use crate::model::{HashBy, Rollouts, Rule, UpgradeState, VersionName, VersionSpec, API_VERSION, KIND};
 use crate::pattern;
 use crate::yaml_tree::{self, Node, Pos};
 use std::collections::{BTreeMap, HashSet};
@@ -124,7 +124,7 @@ impl Validator {
     }
 
     fn rollouts(&mut self, root: &Node) -> Option<Rollouts> {
-        let top = self.mapping(root, "the document", &["apiVersion", "kind", "versions", "rules"])?;
+        let top = self.mapping(root, "the document", &["apiVersion", "kind", "versions", "rules", "upgrade"])?;
         let at = root.pos();
         let api_version = self.required(&top, "apiVersion", at, "the document").and_then(|n| {
             let s = self.string(n, "apiVersion")?;
@@ -150,7 +150,75 @@ impl Validator {
             }
             _ => None,
         };
-        Some(Rollouts { api_version: api_version?, kind: kind?, versions: versions?, rules: rules? })
+        let upgrade = match (top.get("upgrade"), &versions) {
+            (None, _) => Some(None),
+            (Some((_, n)), Some(vs)) => self.upgrade(n, vs).map(Some),
+            (Some(_), None) => None,
+        };
+        Some(Rollouts { api_version: api_version?, kind: kind?, versions: versions?, rules: rules?, upgrade: upgrade? })
+    }
+
+    fn upgrade(&mut self, node: &Node, versions: &BTreeMap<VersionName, VersionSpec>) -> Option<UpgradeState> {
+        let what = "upgrade";
+        let fields = self.mapping(node, what, &["from", "to", "steps", "percent"])?;
+        let version = |v: &mut Self, key: &str| -> Option<VersionName> {
+            let n = v.required(&fields, key, node.pos(), what)?;
+            let name = v.string(n, &format!("upgrade.{key}"))?;
+            match versions.keys().find(|k| k.as_str() == name) {
+                Some(k) => Some(k.clone()),
+                None => {
+                    let known: Vec<&str> = versions.keys().map(VersionName::as_str).collect();
+                    v.report(n.pos(), format!("upgrade.{key} names version {name:?}, which is not under `versions` (known: {})", known.join(", ")));
+                    None
+                }
+            }
+        };
+        let from = version(self, "from");
+        let to = version(self, "to");
+        let percent_of = |n: &Node| match n {
+            Node::Scalar(_, s, false) => s.parse::<u32>().ok().filter(|p| *p <= 100),
+            _ => None,
+        };
+        let steps = self.required(&fields, "steps", node.pos(), what).and_then(|n| {
+            let Node::Seq(_, items) = n else {
+                self.report(n.pos(), format!("upgrade.steps must be a list of percentages, found {}", n.kind()));
+                return None;
+            };
+            let mut steps = Vec::new();
+            for item in items {
+                match percent_of(item) {
+                    Some(p) => steps.push(p),
+                    None => {
+                        self.report(item.pos(), "upgrade.steps entries must be whole percentages from 1 to 100");
+                        return None;
+                    }
+                }
+            }
+            match crate::edit::check_steps(&steps) {
+                Ok(()) => Some(steps),
+                Err(message) => {
+                    self.report(n.pos(), format!("upgrade.steps: {message}"));
+                    None
+                }
+            }
+        });
+        let percent = self.required(&fields, "percent", node.pos(), what).and_then(|n| {
+            let p = percent_of(n);
+            if p.is_none() {
+                self.report(n.pos(), "upgrade.percent must be a whole percentage from 0 to 100");
+            }
+            p.map(|p| (p, n.pos()))
+        });
+        let (from, to, steps, (percent, percent_pos)) = (from?, to?, steps?, percent?);
+        if from == to {
+            self.report(node.pos(), format!("upgrade.from and upgrade.to are both {from}"));
+            return None;
+        }
+        if percent != 0 && !steps.contains(&percent) {
+            self.report(percent_pos, format!("upgrade.percent is {percent}, which is neither 0 nor one of the steps {steps:?}"));
+            return None;
+        }
+        Some(UpgradeState { from, to, steps, percent })
     }
 
     fn versions(&mut self, node: &Node) -> Option<BTreeMap<VersionName, VersionSpec>> {
