@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[command(
     name = "meshctl",
     version,
-    about = "Revmesh's command line: check and explain rollouts.yml, inject manifests offline",
+    about = "Revmesh's command line: rollouts.yml, offline injection, canary mesh upgrades, the local demo",
     long_about = "Revmesh's command line.\n\nrollouts.yml (kept in Git) maps namespace patterns to percentage distributions of mesh versions; \
 the webhook and meshctl evaluate it with the same code, so what meshctl says is what the cluster does."
 )]
@@ -40,6 +40,154 @@ pub enum Command {
     /// demo app behind its sidecar, a client sidecar with mTLS between them,
     /// and the GraphQL gateway over two subgraphs. Prints what to curl.
     Demo(crate::demo::DemoArgs),
+    /// Move the fleet from one mesh version to the next, step by step, and back:
+    /// each step is one change to rollouts.yml in Git.
+    #[command(subcommand)]
+    Upgrade(UpgradeCommand),
+    /// Every proxy connected to each control-plane revision and whether it has
+    /// ACKed the latest config (like istioctl proxy-status).
+    ProxyStatus(ProxyStatusArgs),
+    /// Check that the cluster can run the mesh and an upgrade: the system
+    /// namespace, the webhook and its rollouts.yml, each revision's control
+    /// plane, and rules that overlap.
+    Precheck(PrecheckArgs),
+}
+
+/// How meshctl reaches the control planes' debug port (15014).
+#[derive(Debug, Args, Clone)]
+pub struct ClusterArgs {
+    /// Reach a revision's control plane at this URL instead of through the API
+    /// server's service proxy, e.g. after `kubectl port-forward` (repeatable).
+    #[arg(long = "control-plane", value_name = "REVISION=URL", global = true)]
+    pub control_plane: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpgradeCommand {
+    /// Print each step, the rollouts.yml change it makes, and how many workloads
+    /// it moves (counted in the cluster, or from --workloads offline).
+    Plan(PlanArgs),
+    /// Run the prechecks and write the first step into rollouts.yml.
+    Start(StartArgs),
+    /// Per namespace: desired versions, versions running, pods to restart,
+    /// and proxies connected to each revision.
+    Status(StatusArgs),
+    /// Restart exactly the workloads whose pods carry another version than
+    /// rollouts.yml wants, by rolling out their pod templates.
+    Restart(RestartArgs),
+    /// Move to the next step.
+    Advance(StepArgs),
+    /// Go back one step, or to 0% with --to-zero.
+    Rollback(RollbackArgs),
+    /// Retire the old version once no pod and no proxy uses it.
+    Finish(StepArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
+    pub rollouts: PathBuf,
+    /// The version to move to.
+    #[arg(long)]
+    pub to: String,
+    /// The version to move from (default: the one other version holding a share).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Percentages on the new version, ending at 100.
+    #[arg(long, default_value = "1,10,50,100")]
+    pub steps: String,
+    /// Count moves over this list of `namespace/workload` keys instead of the cluster.
+    #[arg(long)]
+    pub workloads: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
+    pub rollouts: PathBuf,
+    #[arg(long)]
+    pub to: String,
+    #[arg(long)]
+    pub from: Option<String>,
+    #[arg(long, default_value = "1,10,50,100")]
+    pub steps: String,
+    /// Commit the change (otherwise it is left in the working tree to review).
+    #[arg(long)]
+    pub commit: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
+    pub rollouts: PathBuf,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
+    pub rollouts: PathBuf,
+    /// Only these namespaces (repeatable).
+    #[arg(short = 'n', long)]
+    pub namespace: Vec<String>,
+    /// Workloads rolling out at once.
+    #[arg(long, default_value_t = 5)]
+    pub max_in_flight: usize,
+    /// How long one workload may take to converge before the restart pauses.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_seconds: u64,
+    /// List what would restart, and restart nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StepArgs {
+    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
+    pub rollouts: PathBuf,
+    #[arg(long)]
+    pub commit: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
+    pub rollouts: PathBuf,
+    /// Go straight back to 0% (every workload on the old version).
+    #[arg(long)]
+    pub to_zero: bool,
+    #[arg(long)]
+    pub commit: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyStatusArgs {
+    /// Only these revisions (default: every control-plane-* Service in revmesh-system).
+    #[arg(long)]
+    pub revision: Vec<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PrecheckArgs {
+    /// Also check this rollouts.yml: overlaps, and that the webhook and a
+    /// control plane know each of its versions.
+    #[arg(short = 'f', long = "rollouts")]
+    pub rollouts: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,11 +3,17 @@
 //! `webhook` crates, so meshctl and the cluster always agree.
 
 pub mod cli;
+mod cluster;
 pub mod demo;
+pub mod fleet;
+mod gitops;
 mod inject;
+mod precheck;
 mod rollouts_cmd;
+mod upgrade;
+pub mod upgrade_plan;
 
-use cli::{Cli, Command, RolloutsCommand};
+use cli::{Cli, Command, RolloutsCommand, UpgradeCommand};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -18,7 +24,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollouts(RolloutsCommand::Diff { old, new, keys, list }) => rollouts_cmd::diff(&old, &new, &keys, list, cli.output),
         Command::Inject(args) => inject::inject(&args, cli.output),
         Command::Demo(args) => demo::demo(&args),
+        Command::Upgrade(UpgradeCommand::Plan(args)) => upgrade::plan(&args, cli.output),
+        Command::Upgrade(UpgradeCommand::Start(args)) => upgrade::start(&args, cli.output),
+        Command::Upgrade(UpgradeCommand::Status(args)) => upgrade::status(&args, cli.output),
+        Command::Upgrade(UpgradeCommand::Restart(args)) => upgrade::restart(&args, cli.output),
+        Command::Upgrade(UpgradeCommand::Advance(args)) => upgrade::advance(&args, cli.output),
+        Command::Upgrade(UpgradeCommand::Rollback(args)) => upgrade::rollback(&args, cli.output),
+        Command::Upgrade(UpgradeCommand::Finish(args)) => upgrade::finish(&args, cli.output),
+        Command::ProxyStatus(args) => precheck::proxy_status(&args, cli.output),
+        Command::Precheck(args) => precheck::precheck(&args, cli.output),
     }
+}
+
+/// Runs one command's cluster work on a small runtime of its own.
+pub(crate) fn block_on<F: std::future::Future>(work: F) -> anyhow::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok(runtime.block_on(work))
 }
 
 /// Reads a file, or standard input for `-`.
