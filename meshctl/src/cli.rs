@@ -58,8 +58,12 @@ pub enum Command {
 pub struct ClusterArgs {
     /// Reach a revision's control plane at this URL instead of through the API
     /// server's service proxy, e.g. after `kubectl port-forward` (repeatable).
-    #[arg(long = "control-plane", value_name = "REVISION=URL", global = true)]
+    #[arg(long = "control-plane", value_name = "REVISION=URL")]
     pub control_plane: Vec<String>,
+    /// Reach the webhook's metrics port (15014) at this URL instead of through
+    /// the API server's service proxy.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +148,11 @@ pub struct RestartArgs {
     /// List what would restart, and restart nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// How long to wait for the webhook to load this rollouts.yml (synced from
+    /// Git) before restarting anything: pods created earlier would get the old
+    /// version.
+    #[arg(long, default_value_t = 180)]
+    pub sync_timeout_seconds: u64,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace as KubeNamespace, Pod as KubePod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use rollouts::labels::{MESH_NAMESPACE, REV_LABEL};
+use rollouts::labels::{MESH_NAMESPACE, STATUS_ANNOTATION};
 use rollouts::workload::{derive, OwnerRef, PodMeta};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -26,6 +26,8 @@ pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 pub struct ControlPlaneAccess {
     /// `--control-plane REV=URL`: a direct base URL (port-forward, tests).
     pub overrides: BTreeMap<String, String>,
+    /// `--webhook URL`: the webhook's metrics port, directly.
+    pub webhook: Option<String>,
 }
 
 impl ControlPlaneAccess {
@@ -38,7 +40,7 @@ impl ControlPlaneAccess {
             }
             overrides.insert(rev.to_string(), url.trim_end_matches('/').to_string());
         }
-        Ok(Self { overrides })
+        Ok(Self { overrides, webhook: None })
     }
 }
 
@@ -109,7 +111,7 @@ impl Cluster {
                 template_labels: labels.clone(),
                 pods: vec![],
             });
-            entry.pods.push(Pod { name: meta.name.clone().unwrap_or_default(), version: labels.get(REV_LABEL).cloned() });
+            entry.pods.push(Pod { name: meta.name.clone().unwrap_or_default(), version: injected_version(p) });
         }
         Ok(Inventory {
             namespaces: namespaces
@@ -130,7 +132,7 @@ impl Cluster {
                 let w = workload_of(p);
                 w.kind == kind && w.name == name
             })
-            .map(|p| Pod { name: p.metadata.name.clone().unwrap_or_default(), version: p.metadata.labels.as_ref().and_then(|l| l.get(REV_LABEL)).cloned() })
+            .map(|p| Pod { name: p.metadata.name.clone().unwrap_or_default(), version: injected_version(p) })
             .collect())
     }
 
@@ -215,6 +217,22 @@ impl Cluster {
             .with_context(|| format!("control plane {revision}: GET {path} through the API server's service proxy"))
     }
 
+    /// The rollouts the webhook has in force (its /debug/rollouts), as JSON.
+    pub async fn webhook_rollouts_in_force(&self) -> Result<serde_json::Value> {
+        let body = match &self.access.webhook {
+            Some(base) => http_get(&format!("{}/debug/rollouts", base.trim_end_matches('/'))).await?,
+            None => {
+                let uri = format!("/api/v1/namespaces/{MESH_NAMESPACE}/services/http:revmesh-webhook:15014/proxy/debug/rollouts");
+                let request = http::Request::get(&uri).body(Vec::new()).context("building the proxy request")?;
+                tokio::time::timeout(Duration::from_secs(10), self.client.request_text(request))
+                    .await
+                    .context("the webhook did not answer /debug/rollouts within 10 s")?
+                    .context("the webhook: GET /debug/rollouts through the API server's service proxy")?
+            }
+        };
+        serde_json::from_str(&body).context("the webhook's /debug/rollouts is not JSON")
+    }
+
     pub async fn syncz(&self, revision: &str) -> Result<Vec<ProxySync>> {
         let body = self.control_plane_get(revision, "/debug/syncz").await?;
         serde_json::from_str(&body).with_context(|| format!("control plane {revision}: /debug/syncz is not the expected JSON"))
@@ -244,6 +262,15 @@ pub struct TypeSync {
     pub acked_nonce: String,
     #[serde(default)]
     pub last_nack: Option<serde_json::Value>,
+}
+
+/// The version the webhook injected, from its record on the pod. The
+/// `revmesh.io/rev` label alone is not proof: it may be a pin in a namespace
+/// the webhook never saw.
+fn injected_version(p: &KubePod) -> Option<String> {
+    let status = p.metadata.annotations.as_ref()?.get(STATUS_ANNOTATION)?;
+    let record: serde_json::Value = serde_json::from_str(status).ok()?;
+    record["version"].as_str().map(str::to_string)
 }
 
 fn pod_is_live(p: &KubePod) -> bool {

@@ -25,7 +25,7 @@ impl Namespace {
 #[derive(Debug, Clone, Serialize)]
 pub struct Pod {
     pub name: String,
-    /// The pod's `revmesh.io/rev` label: the version it was injected with.
+    /// The version the webhook injected (its `revmesh.io/status` record); None without a sidecar.
     pub version: Option<String>,
 }
 

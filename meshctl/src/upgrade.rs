@@ -4,7 +4,7 @@
 //! section), kept in Git: every command that changes it writes one step,
 //! shows the diff, and can commit it. Nothing is written when a check fails.
 
-use crate::cli::{Output, PlanArgs, RestartArgs, RollbackArgs, StartArgs, StatusArgs, StepArgs};
+use crate::cli::{ClusterArgs, Output, PlanArgs, RestartArgs, RollbackArgs, StartArgs, StatusArgs, StepArgs};
 use crate::cluster::{Cluster, ControlPlaneAccess};
 use crate::fleet::{self, Inventory, WorkloadStatus};
 use crate::gitops::Repo;
@@ -73,8 +73,32 @@ fn message_for(e: &Edit, before: &Option<UpgradeState>) -> String {
     }
 }
 
-async fn connect(control_plane: &[String]) -> Result<Cluster> {
-    Cluster::connect(ControlPlaneAccess::parse(control_plane)?).await
+async fn connect(args: &ClusterArgs) -> Result<Cluster> {
+    let mut access = ControlPlaneAccess::parse(&args.control_plane)?;
+    access.webhook = args.webhook.clone();
+    Cluster::connect(access).await
+}
+
+/// Waits until the webhook has loaded exactly this rollouts.yml.
+async fn wait_for_webhook_sync(cluster: &Cluster, r: &Rollouts, path: &Path, timeout: Duration) -> Result<()> {
+    let wanted = serde_json::to_value(r)?;
+    let deadline = Instant::now() + timeout;
+    let mut said = false;
+    loop {
+        let last = match cluster.webhook_rollouts_in_force().await {
+            Ok(v) if v == wanted => return Ok(()),
+            Ok(_) => "it has a different rollouts.yml in force".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("the webhook has not loaded {} within {:?} ({last}); sync the commit to ConfigMap {MESH_NAMESPACE}/{} and retry. Nothing was restarted", path.display(), timeout, crate::cluster::ROLLOUTS_CONFIGMAP);
+        }
+        if !said {
+            eprintln!("waiting for the webhook to load {} ({last})", path.display());
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 pub fn plan(args: &PlanArgs, output: Output) -> Result<ExitCode> {
@@ -84,7 +108,7 @@ pub fn plan(args: &PlanArgs, output: Output) -> Result<ExitCode> {
     let from = plan::source_version(&r, &to, args.from.as_deref())?;
     let inventory: Inventory = match &args.workloads {
         Some(file) => plan::inventory_from_keys(&read_input(file)?),
-        None => block_on(async { connect(&args.cluster.control_plane).await?.inventory().await })??,
+        None => block_on(async { connect(&args.cluster).await?.inventory().await })??,
     };
     let state = UpgradeState { from: from.clone(), to: to.clone(), steps: steps.clone(), percent: 0 };
     let mut previous = r.clone();
@@ -128,7 +152,7 @@ pub fn start(args: &StartArgs, output: Output) -> Result<ExitCode> {
     repo.ensure_clean()?;
     let next = plan::with_edit(&r, &edit);
     let moves = block_on(async {
-        let cluster = connect(&args.cluster.control_plane).await?;
+        let cluster = connect(&args.cluster).await?;
         upgrade_prechecks(&cluster, &r, &args.to).await?;
         Ok::<_, anyhow::Error>(plan::moves(&r, &next, &cluster.inventory().await?))
     })??;
@@ -146,7 +170,7 @@ pub fn start(args: &StartArgs, output: Output) -> Result<ExitCode> {
 }
 
 /// Advance, rollback and finish: one more step of the same workflow.
-fn step(path: &Path, commit: bool, control_plane: &[String], output: Output, decide: impl Fn(&Rollouts) -> Result<Edit, plan::UpgradeError>, check: StepCheck) -> Result<ExitCode> {
+fn step(path: &Path, commit: bool, cluster_args: &ClusterArgs, output: Output, decide: impl Fn(&Rollouts) -> Result<Edit, plan::UpgradeError>, check: StepCheck) -> Result<ExitCode> {
     let (text, r) = load(path)?;
     let edit = decide(&r)?;
     let repo = Repo::of(path)?;
@@ -154,7 +178,7 @@ fn step(path: &Path, commit: bool, control_plane: &[String], output: Output, dec
     let next = plan::with_edit(&r, &edit);
     let u = r.upgrade.clone().ok_or(plan::UpgradeError::NotInProgress)?;
     let moves = block_on(async {
-        let cluster = connect(control_plane).await?;
+        let cluster = connect(cluster_args).await?;
         match check {
             StepCheck::TargetReady => upgrade_prechecks(&cluster, &r, u.to.as_str()).await?,
             StepCheck::SourceReady => control_plane_ready(&cluster, u.from.as_str()).await.context("rolling back needs the old revision's control plane")?,
@@ -205,22 +229,22 @@ async fn source_gone(cluster: &Cluster, r: &Rollouts, u: &UpgradeState) -> Resul
 }
 
 pub fn advance(args: &StepArgs, output: Output) -> Result<ExitCode> {
-    step(&args.rollouts, args.commit, &args.cluster.control_plane, output, plan::advance, StepCheck::TargetReady)
+    step(&args.rollouts, args.commit, &args.cluster, output, plan::advance, StepCheck::TargetReady)
 }
 
 pub fn rollback(args: &RollbackArgs, output: Output) -> Result<ExitCode> {
     let to_zero = args.to_zero;
-    step(&args.rollouts, args.commit, &args.cluster.control_plane, output, move |r| plan::rollback(r, to_zero), StepCheck::SourceReady)
+    step(&args.rollouts, args.commit, &args.cluster, output, move |r| plan::rollback(r, to_zero), StepCheck::SourceReady)
 }
 
 pub fn finish(args: &StepArgs, output: Output) -> Result<ExitCode> {
-    step(&args.rollouts, args.commit, &args.cluster.control_plane, output, plan::finish, StepCheck::SourceGone)
+    step(&args.rollouts, args.commit, &args.cluster, output, plan::finish, StepCheck::SourceGone)
 }
 
 pub fn status(args: &StatusArgs, output: Output) -> Result<ExitCode> {
     let (_, r) = load(&args.rollouts)?;
     let (workloads, proxies, control_planes) = block_on(async {
-        let cluster = connect(&args.cluster.control_plane).await?;
+        let cluster = connect(&args.cluster).await?;
         let inventory = cluster.inventory().await?;
         let workloads = fleet::workload_statuses(&r, &inventory);
         let mut proxies = Vec::new();
@@ -281,14 +305,23 @@ async fn restart_one(cluster: &Cluster, w: &WorkloadStatus, at: &str, timeout: D
     cluster.restart(&w.namespace, &w.kind, &w.name, at).await?;
     let deadline = Instant::now() + timeout;
     loop {
-        if cluster.rollout_done(&w.namespace, &w.kind, &w.name).await? {
-            let pods = cluster.workload_pods(&w.namespace, &w.kind, &w.name).await?;
-            if (w.kind == "DaemonSet" || !pods.is_empty()) && pods.iter().all(|p| p.version == w.desired) {
-                return Ok(());
-            }
+        let done = cluster.rollout_done(&w.namespace, &w.kind, &w.name).await?;
+        let pods = cluster.workload_pods(&w.namespace, &w.kind, &w.name).await?;
+        if done && (w.kind == "DaemonSet" || !pods.is_empty()) && pods.iter().all(|p| p.version == w.desired) {
+            return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{} {}/{} did not converge on {} within {:?}", w.kind, w.namespace, w.name, fleet::version_label(&w.desired), timeout);
+            let seen: Vec<String> = pods.iter().map(|p| format!("{} on {}", p.name, fleet::version_label(&p.version))).collect();
+            bail!(
+                "{} {}/{} did not converge on {} within {:?} (rollout {}; pods: {})",
+                w.kind,
+                w.namespace,
+                w.name,
+                fleet::version_label(&w.desired),
+                timeout,
+                if done { "complete" } else { "not complete" },
+                if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+            );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -321,7 +354,10 @@ pub fn restart(args: &RestartArgs, output: Output) -> Result<ExitCode> {
     }
     let timeout = Duration::from_secs(args.timeout_seconds);
     block_on(async move {
-        let cluster = connect(&args.cluster.control_plane).await?;
+        let cluster = connect(&args.cluster).await?;
+        if !args.dry_run {
+            wait_for_webhook_sync(&cluster, &r, &args.rollouts, Duration::from_secs(args.sync_timeout_seconds)).await?;
+        }
         let inventory = cluster.inventory().await?;
         let wanted = |w: &&WorkloadStatus| !w.converged() && (args.namespace.is_empty() || args.namespace.contains(&w.namespace));
         let statuses = fleet::workload_statuses(&r, &inventory);

@@ -19,7 +19,7 @@ pub enum UpgradeError {
     NotInProgress,
     #[error("cannot tell which version to upgrade from: {0}; name it with --from")]
     AmbiguousFrom(String),
-    #[error("already at {0}%")]
+    #[error("{0}")]
     Boundary(String),
     #[error("{0}")]
     Edit(String),
@@ -77,14 +77,14 @@ pub fn start(r: &Rollouts, to: &str, from: Option<&str>, steps: Vec<u32>) -> Res
 
 pub fn advance(r: &Rollouts) -> Result<Edit, UpgradeError> {
     let u = r.upgrade.as_ref().ok_or(UpgradeError::NotInProgress)?;
-    let next = u.steps.iter().copied().find(|s| *s > u.percent).ok_or_else(|| UpgradeError::Boundary(format!("{}; when no pods and proxies of {} remain, run `meshctl upgrade finish`", u.percent, u.from)))?;
+    let next = u.steps.iter().copied().find(|s| *s > u.percent).ok_or_else(|| UpgradeError::Boundary(format!("already at {}%: when no pods and proxies of {} remain, run `meshctl upgrade finish`", u.percent, u.from)))?;
     Ok(at_percent(r, u, next))
 }
 
 pub fn rollback(r: &Rollouts, to_zero: bool) -> Result<Edit, UpgradeError> {
     let u = r.upgrade.as_ref().ok_or(UpgradeError::NotInProgress)?;
     if u.percent == 0 {
-        return Err(UpgradeError::Boundary("0: nothing has moved, so there is nothing to roll back".into()));
+        return Err(UpgradeError::Boundary("already at 0%: nothing has moved, so there is nothing to roll back".into()));
     }
     let previous = if to_zero { 0 } else { u.steps.iter().copied().filter(|s| *s < u.percent).last().unwrap_or(0) };
     Ok(at_percent(r, u, previous))
@@ -93,7 +93,7 @@ pub fn rollback(r: &Rollouts, to_zero: bool) -> Result<Edit, UpgradeError> {
 pub fn finish(r: &Rollouts) -> Result<Edit, UpgradeError> {
     let u = r.upgrade.as_ref().ok_or(UpgradeError::NotInProgress)?;
     if u.percent != 100 {
-        return Err(UpgradeError::Boundary(format!("{}, not 100: advance to 100% (and restart) before finishing", u.percent)));
+        return Err(UpgradeError::Boundary(format!("the upgrade is at {}%, not 100%: advance to 100% (and restart) before finishing", u.percent)));
     }
     let distributions = edit::without(r, &u.from).map_err(UpgradeError::Edit)?;
     Ok(Edit { distributions, remove_versions: vec![u.from.clone()], upgrade: None })

@@ -236,7 +236,18 @@ async fn handle_metrics(req: Request<Incoming>, state: Arc<AppState>) -> Respons
             r
         }
         "/healthz/ready" => text(StatusCode::OK, "ready\n"),
-        _ => text(StatusCode::NOT_FOUND, "try /metrics\n"),
+        // The rollouts in force, so `meshctl upgrade restart` can wait until a
+        // synced change is loaded before it creates pods.
+        "/debug/rollouts" => {
+            let current = match state.rollouts.read() {
+                Ok(g) => Arc::clone(&g),
+                Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+            };
+            let mut r = text(StatusCode::OK, serde_json::to_string(&*current).unwrap_or_default());
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "try /metrics, /healthz/ready or /debug/rollouts\n"),
     }
 }
 
