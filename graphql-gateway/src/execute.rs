@@ -3,6 +3,7 @@
 //! gathered so far, deduplicated, and sent in one `_entities` call per fetch.
 //! The answers are merged back into the objects they came from.
 
+use tracing::Instrument;
 use crate::plan::{fetch_text, Fetch, FetchKind, Plan};
 use crate::supergraph::FieldSet;
 use bytes::Bytes;
@@ -205,7 +206,15 @@ pub async fn run(plan: &Plan, subgraphs: &Subgraphs, variables: &Map<String, Jso
         let prepared: Vec<(&Fetch, Option<Prepared>)> = ready.iter().map(|f| (*f, prepare(f, &data, variables))).collect();
         let results = futures::future::join_all(prepared.iter().map(|(f, p)| async move {
             match p {
-                Some(p) => Some(subgraphs.post(&f.graph, p.body.clone(), headers).await),
+                Some(p) => {
+                    // One span per subgraph fetch (debug level: free unless enabled),
+                    // so a slow query shows which fetch and which subgraph it waited on.
+                    let span = match &f.kind {
+                        FetchKind::Root { operation } => tracing::debug_span!("fetch", subgraph = %subgraphs.name(&f.graph), fetch = f.id, kind = "root", operation = *operation),
+                        FetchKind::Entity { type_name, .. } => tracing::debug_span!("fetch", subgraph = %subgraphs.name(&f.graph), fetch = f.id, kind = "entities", entity = %type_name),
+                    };
+                    Some(subgraphs.post(&f.graph, p.body.clone(), headers).instrument(span).await)
+                }
                 None => None,
             }
         }))

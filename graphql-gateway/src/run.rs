@@ -154,7 +154,14 @@ async fn watch_supergraph(server: Arc<Server>, path: PathBuf, config: Config, me
 
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Span closes are logged, so enabling `graphql_gateway::execute=debug`
+    // prints each fetch with its subgraph and duration.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     serve(args).await
 }
 

@@ -122,6 +122,66 @@ fn bool_arg(d: &apollo_compiler::ast::Directive, name: &str) -> Option<bool> {
     }
 }
 
+/// Federation machinery that clients never see.
+fn machinery(name: &str) -> bool {
+    name.starts_with("join__") || name.starts_with("link__") || name == "link" || name == "inaccessible"
+}
+
+fn inaccessible(directives: &apollo_compiler::ast::DirectiveList) -> bool {
+    directives.iter().any(|d| d.name == "inaccessible")
+}
+
+/// The API schema: what clients validate against and introspect. The
+/// supergraph without `join__`/`link__` types and directives, `@link`, and
+/// anything marked `@inaccessible` (the ownership tables were read before).
+fn api_schema(full: &Valid<Schema>) -> Result<Valid<Schema>, SupergraphError> {
+    let mut s: Schema = full.clone().into_inner();
+    s.types.retain(|name, ty| !machinery(name) && !ty.directives().iter().any(|d| d.name == "inaccessible"));
+    s.directive_definitions.retain(|name, _| !machinery(name));
+    s.schema_definition.make_mut().directives.0.retain(|d| !machinery(&d.name));
+    let clean_fields = |fields: &mut apollo_compiler::collections::IndexMap<apollo_compiler::Name, apollo_compiler::schema::Component<apollo_compiler::ast::FieldDefinition>>| {
+        fields.retain(|_, f| !inaccessible(&f.directives));
+        for f in fields.values_mut() {
+            let f = f.make_mut();
+            f.directives.0.retain(|d| !machinery(&d.name));
+            f.arguments.retain(|a| !inaccessible(&a.directives));
+        }
+    };
+    for ty in s.types.values_mut() {
+        match ty {
+            ExtendedType::Object(o) => {
+                let o = o.make_mut();
+                o.directives.0.retain(|d| !machinery(&d.name));
+                clean_fields(&mut o.fields);
+            }
+            ExtendedType::Interface(i) => {
+                let i = i.make_mut();
+                i.directives.0.retain(|d| !machinery(&d.name));
+                clean_fields(&mut i.fields);
+            }
+            ExtendedType::Union(u) => u.make_mut().directives.0.retain(|d| !machinery(&d.name)),
+            ExtendedType::Enum(e) => {
+                let e = e.make_mut();
+                e.directives.0.retain(|d| !machinery(&d.name));
+                e.values.retain(|_, v| !inaccessible(&v.directives));
+                for v in e.values.values_mut() {
+                    v.make_mut().directives.0.retain(|d| !machinery(&d.name));
+                }
+            }
+            ExtendedType::InputObject(i) => {
+                let i = i.make_mut();
+                i.directives.0.retain(|d| !machinery(&d.name));
+                i.fields.retain(|_, f| !inaccessible(&f.directives));
+                for f in i.fields.values_mut() {
+                    f.make_mut().directives.0.retain(|d| !machinery(&d.name));
+                }
+            }
+            ExtendedType::Scalar(sc) => sc.make_mut().directives.0.retain(|d| !machinery(&d.name)),
+        }
+    }
+    s.validate().map_err(|e| SupergraphError::Invalid(format!("the API schema derived from the supergraph is invalid: {}", e.errors)))
+}
+
 impl Supergraph {
     pub fn parse(text: &str, path: &str) -> Result<Supergraph, SupergraphError> {
         let schema = Schema::parse_and_validate(text, path).map_err(|e| SupergraphError::Invalid(e.errors.to_string()))?;
@@ -190,6 +250,7 @@ impl Supergraph {
         }
         let query_type = schema.schema_definition.query.as_ref().map(|n| n.to_string()).unwrap_or_else(|| "Query".into());
         let mutation_type = schema.schema_definition.mutation.as_ref().map(|n| n.to_string());
+        let schema = api_schema(&schema)?;
         Ok(Supergraph { schema, graphs, types, fields, query_type, mutation_type })
     }
 

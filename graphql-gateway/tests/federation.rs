@@ -30,6 +30,7 @@ impl Gateway {
         let child = Command::new(kube_harness::workspace_bin("graphql-gateway").expect("gateway binary"))
             .args(["--supergraph", &dir.path().join("supergraph.graphql").display().to_string(), "--config", &dir.path().join("gateway.yaml").display().to_string()])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--poll-ms", "100"])
+            .env("RUST_LOG", "info,graphql_gateway::execute=debug")
             .stderr(std::fs::File::create(dir.path().join("gateway.log")).expect("log"))
             .spawn()
             .expect("gateway starts");
@@ -94,6 +95,29 @@ fn the_benchmark_query_gets_the_expected_response() {
     gw.post(&query, "application/json");
     let after: usize = subgraphs.requests.values().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).sum();
     assert!(after - before <= 20, "{} subgraph requests for one query", after - before);
+    // A tracing span per fetch, closed with its timing, for each subgraph the query touched.
+    let log = gw.log();
+    for subgraph in ["accounts", "inventory", "products", "reviews"] {
+        let closed = log.lines().any(|l| l.contains("fetch{subgraph=") && l.contains(&format!("subgraph={subgraph}")) && l.contains("close time.busy="));
+        assert!(closed, "no closed fetch span for {subgraph}:\n{log}");
+    }
+}
+
+#[test]
+fn introspection_shows_the_api_schema_without_federation_machinery() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::start());
+    let gw = Gateway::start(subgraphs.addr, "");
+    let got = gw.query("{ __schema { types { name } directives { name } } join: __type(name: \"join__Graph\") { name } }");
+    let types: Vec<&str> = got["data"]["__schema"]["types"].as_array().expect("types").iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(types.contains(&"Product") && types.contains(&"Query"), "{types:?}");
+    assert!(!types.iter().any(|t| t.starts_with("join__") || t.starts_with("link__")), "{types:?}");
+    let directives: Vec<&str> = got["data"]["__schema"]["directives"].as_array().expect("directives").iter().filter_map(|d| d["name"].as_str()).collect();
+    assert!(!directives.iter().any(|d| d.starts_with("join__") || *d == "link"), "{directives:?}");
+    assert!(got["data"]["join"].is_null(), "{got}");
+    // Validation uses the same schema: federation types cannot be named by clients.
+    let refused = gw.query("query($g: join__Graph) { __typename }");
+    assert!(refused["errors"][0]["message"].as_str().unwrap_or("").contains("join__Graph"), "{refused}");
 }
 
 #[test]

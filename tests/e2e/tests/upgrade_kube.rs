@@ -316,6 +316,25 @@ fn scenario(cluster: &mut Cluster) -> Result<()> {
         bail!("the control plane's service account may list Secrets");
     }
 
+    // The upgrader role lets meshctl restart workloads, not delete them or read Secrets.
+    cluster.kubectl(&["-n", "revmesh-system", "create", "serviceaccount", "platform-ci"])?;
+    cluster.kubectl(&["create", "clusterrolebinding", "platform-ci", "--clusterrole=revmesh-upgrader", "--serviceaccount=revmesh-system:platform-ci"])?;
+    cluster.kubectl(&["-n", "revmesh-system", "create", "rolebinding", "platform-ci", "--role=revmesh-upgrader", "--serviceaccount=revmesh-system:platform-ci"])?;
+    let as_ci = "system:serviceaccount:revmesh-system:platform-ci";
+    for (verb, resource, ns, allowed) in [
+        ("patch", "deployments", "default", true),
+        ("list", "pods", "default", true),
+        ("get", "services/proxy", "revmesh-system", true),
+        ("delete", "deployments", "default", false),
+        ("get", "secrets", "revmesh-system", false),
+        ("create", "pods", "default", false),
+    ] {
+        let (can, _, _) = cluster.kubectl_outcome(&["auth", "can-i", verb, resource, "-n", ns, "--as", as_ci], None)?;
+        if can != allowed {
+            bail!("revmesh-upgrader: can-i {verb} {resource} -n {ns} is {can}, expected {allowed}");
+        }
+    }
+
     // 2. Two control-plane revisions (as processes: there is no kubelet), and a
     // real Envoy connected to the old one as a proxy in team-00.
     let (_cp_a, xds_a, debug_a) = control_plane(dir.path(), cluster, A)?;
