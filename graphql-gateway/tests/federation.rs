@@ -237,3 +237,86 @@ fn the_supergraph_reloads_and_an_invalid_one_is_refused() {
     }
     assert_eq!(gw.query("{ me { username } }")["data"]["me"]["username"], "urigo");
 }
+
+/// graphql-js 16, the reference implementation, installed by `.ci/run`.
+fn graphql_js() -> std::path::PathBuf {
+    let dir = std::env::var_os("REVMESH_GRAPHQL_JS").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/revmesh/graphql-js/node_modules/graphql")
+    });
+    assert!(dir.join("package.json").is_file(), "graphql@16 not found at {}: npm install --prefix ~/.cache/revmesh/graphql-js graphql@16 (or set REVMESH_GRAPHQL_JS)", dir.display());
+    dir
+}
+
+#[test]
+fn invalid_operations_are_refused_where_graphql_js_16_refuses_them() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::start());
+    let gw = Gateway::start(subgraphs.addr, "");
+    let queries: Vec<&str> = vec![
+        "{ me { id } }", // valid: the control
+        "{ me { nope } }",
+        "{ me { id { deeper } } }",
+        "{ me }",
+        "{ topProducts(first: \"many\") { upc } }",
+        "{ topProducts(size: 3) { upc } }",
+        "{ topProducts(first: 1, first: 2) { upc } }",
+        "query($n: String) { topProducts(first: $n) { upc } }",
+        "query { topProducts(first: $undefined) { upc } }",
+        "query($unused: Int) { me { id } }",
+        "{ me { ...Missing } }",
+        "fragment F on Nothing { id } { me { ...F } }",
+        "fragment A on User { ...B } fragment B on User { ...A } { me { ...A } }",
+        "fragment Unused on User { id } { me { id } }",
+        "query Q { me { id } } query Q { me { name } }",
+        "{ me { id } } query Named { me { id } }",
+        "{ me @unknown { id } }",
+        "{ me { id @include } }",
+        "{ me { ... on Product { upc } } }",
+        "{ me {",
+    ];
+    let file = gw.dir.path().join("queries.json");
+    std::fs::write(&file, serde_json::to_string(&queries).expect("json")).expect("write");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphql-js/validate.mjs");
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(graphql_js())
+        .arg(format!("http://127.0.0.1:{}/graphql", gw.port))
+        .arg(&file)
+        .output()
+        .expect("node is installed (apt-get install nodejs)");
+    assert!(out.status.success(), "graphql-js: {}", String::from_utf8_lossy(&out.stderr));
+    let reference: Json = serde_json::from_slice(&out.stdout).expect("graphql-js output");
+    let locations = |errors: &Json| -> Vec<(u64, u64)> {
+        errors.as_array().into_iter().flatten().flat_map(|e| e["locations"].as_array().cloned().unwrap_or_default()).map(|l| (l["line"].as_u64().unwrap_or(0), l["column"].as_u64().unwrap_or(0))).collect()
+    };
+    // apollo-compiler points at a different token than graphql-js for these
+    // (the field rather than its selection set, the argument rather than the
+    // variable, the spread rather than the name, the fragment rather than the
+    // spread); the decision and the line agree. Any other difference fails.
+    let known_location_differences = [
+        "{ me { id { deeper } } }",
+        "query($n: String) { topProducts(first: $n) { upc } }",
+        "{ me { ...Missing } }",
+        "fragment A on User { ...B } fragment B on User { ...A } { me { ...A } }",
+    ];
+    let mut location_differences = Vec::new();
+    let mut table = String::new();
+    for (query, theirs) in queries.iter().zip(reference["results"].as_array().expect("results")) {
+        let (status, _, ours) = gw.post(&json!({"query": query}), "application/graphql-response+json");
+        let their_errors = &theirs["errors"];
+        let they_refuse = their_errors.as_array().is_some_and(|e| !e.is_empty());
+        let we_refuse = ours["errors"].as_array().is_some_and(|e| !e.is_empty()) && ours.get("data").is_none_or(Json::is_null);
+        assert_eq!(we_refuse, they_refuse, "{query}: graphql-js says {theirs}, we answered {status} {ours}");
+        if they_refuse {
+            assert_eq!(status, 400, "{query}: a request that fails validation is a 400 with application/graphql-response+json");
+            let (ours_at, theirs_at) = (locations(&ours["errors"]), locations(their_errors));
+            let same_place = ours_at.iter().any(|l| theirs_at.contains(l));
+            if !same_place {
+                location_differences.push(*query);
+            }
+            table.push_str(&format!("{query}\n  graphql-js: {} at {theirs_at:?}\n  revmesh:    {} at {ours_at:?}{}\n", their_errors[0]["message"], ours["errors"][0]["message"], if same_place { "" } else { "  <- location differs" }));
+        }
+    }
+    eprintln!("graphql-js {} vs revmesh, first message each:\n{table}", reference["version"]);
+    assert_eq!(location_differences, known_location_differences, "error locations that differ from graphql-js's:\n{table}");
+}
