@@ -66,6 +66,13 @@ pub struct ClusterArgs {
     pub webhook: Option<String>,
 }
 
+/// rollouts.yml in the Git working tree.
+#[derive(Debug, Args, Clone)]
+pub struct RolloutsFile {
+    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
+    pub rollouts: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum UpgradeCommand {
     /// Print each step, the rollouts.yml change it makes, and how many workloads
@@ -89,8 +96,8 @@ pub enum UpgradeCommand {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
-    pub rollouts: PathBuf,
+    #[command(flatten)]
+    pub file: RolloutsFile,
     /// The version to move to.
     #[arg(long)]
     pub to: String,
@@ -109,8 +116,8 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
-    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
-    pub rollouts: PathBuf,
+    #[command(flatten)]
+    pub file: RolloutsFile,
     #[arg(long)]
     pub to: String,
     #[arg(long)]
@@ -126,16 +133,16 @@ pub struct StartArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
-    pub rollouts: PathBuf,
+    #[command(flatten)]
+    pub file: RolloutsFile,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct RestartArgs {
-    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
-    pub rollouts: PathBuf,
+    #[command(flatten)]
+    pub file: RolloutsFile,
     /// Only these namespaces (repeatable).
     #[arg(short = 'n', long)]
     pub namespace: Vec<String>,
@@ -159,8 +166,8 @@ pub struct RestartArgs {
 
 #[derive(Debug, Args)]
 pub struct StepArgs {
-    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
-    pub rollouts: PathBuf,
+    #[command(flatten)]
+    pub file: RolloutsFile,
     #[arg(long)]
     pub commit: bool,
     #[command(flatten)]
@@ -169,8 +176,8 @@ pub struct StepArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    #[arg(short = 'f', long = "rollouts", env = "REVMESH_ROLLOUTS", default_value = "rollouts.yml")]
-    pub rollouts: PathBuf,
+    #[command(flatten)]
+    pub file: RolloutsFile,
     /// Go straight back to 0% (every workload on the old version).
     #[arg(long)]
     pub to_zero: bool,

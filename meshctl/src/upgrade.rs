@@ -102,7 +102,7 @@ async fn wait_for_webhook_sync(cluster: &Cluster, r: &Rollouts, path: &Path, tim
 }
 
 pub fn plan(args: &PlanArgs, output: Output) -> Result<ExitCode> {
-    let (_, r) = load(&args.rollouts)?;
+    let (_, r) = load(&args.file.rollouts)?;
     let steps = plan::parse_steps(&args.steps)?;
     let to = r.version(&args.to).map(|(v, _)| v.clone()).ok_or_else(|| plan::UpgradeError::UnknownVersion { version: args.to.clone(), known: r.versions.keys().map(|v| v.to_string()).collect() })?;
     let from = plan::source_version(&r, &to, args.from.as_deref())?;
@@ -145,10 +145,10 @@ pub fn plan(args: &PlanArgs, output: Output) -> Result<ExitCode> {
 }
 
 pub fn start(args: &StartArgs, output: Output) -> Result<ExitCode> {
-    let (text, r) = load(&args.rollouts)?;
+    let (text, r) = load(&args.file.rollouts)?;
     let steps = plan::parse_steps(&args.steps)?;
     let edit = plan::start(&r, &args.to, args.from.as_deref(), steps)?;
-    let repo = Repo::of(&args.rollouts)?;
+    let repo = Repo::of(&args.file.rollouts)?;
     repo.ensure_clean()?;
     let next = plan::with_edit(&r, &edit);
     let moves = block_on(async {
@@ -160,7 +160,7 @@ pub fn start(args: &StartArgs, output: Output) -> Result<ExitCode> {
         println!("prechecks passed; {}", describe(&next.upgrade));
         print_moves(&moves);
     }
-    let commit = write_step(&args.rollouts, &text, &r, &edit, &repo, args.commit, &message_for(&edit, &r.upgrade), output)?;
+    let commit = write_step(&args.file.rollouts, &text, &r, &edit, &repo, args.commit, &message_for(&edit, &r.upgrade), output)?;
     if output == Output::Json {
         print_json(&json!({"upgrade": next.upgrade, "moves": moves, "commit": commit}))?;
     } else {
@@ -229,20 +229,20 @@ async fn source_gone(cluster: &Cluster, r: &Rollouts, u: &UpgradeState) -> Resul
 }
 
 pub fn advance(args: &StepArgs, output: Output) -> Result<ExitCode> {
-    step(&args.rollouts, args.commit, &args.cluster, output, plan::advance, StepCheck::TargetReady)
+    step(&args.file.rollouts, args.commit, &args.cluster, output, plan::advance, StepCheck::TargetReady)
 }
 
 pub fn rollback(args: &RollbackArgs, output: Output) -> Result<ExitCode> {
     let to_zero = args.to_zero;
-    step(&args.rollouts, args.commit, &args.cluster, output, move |r| plan::rollback(r, to_zero), StepCheck::SourceReady)
+    step(&args.file.rollouts, args.commit, &args.cluster, output, move |r| plan::rollback(r, to_zero), StepCheck::SourceReady)
 }
 
 pub fn finish(args: &StepArgs, output: Output) -> Result<ExitCode> {
-    step(&args.rollouts, args.commit, &args.cluster, output, plan::finish, StepCheck::SourceGone)
+    step(&args.file.rollouts, args.commit, &args.cluster, output, plan::finish, StepCheck::SourceGone)
 }
 
 pub fn status(args: &StatusArgs, output: Output) -> Result<ExitCode> {
-    let (_, r) = load(&args.rollouts)?;
+    let (_, r) = load(&args.file.rollouts)?;
     let (workloads, proxies, control_planes) = block_on(async {
         let cluster = connect(&args.cluster).await?;
         let inventory = cluster.inventory().await?;
@@ -348,7 +348,7 @@ impl Progress {
 }
 
 pub fn restart(args: &RestartArgs, output: Output) -> Result<ExitCode> {
-    let (_, r) = load(&args.rollouts)?;
+    let (_, r) = load(&args.file.rollouts)?;
     if args.max_in_flight == 0 {
         bail!("--max-in-flight must be at least 1");
     }
@@ -356,7 +356,7 @@ pub fn restart(args: &RestartArgs, output: Output) -> Result<ExitCode> {
     block_on(async move {
         let cluster = connect(&args.cluster).await?;
         if !args.dry_run {
-            wait_for_webhook_sync(&cluster, &r, &args.rollouts, Duration::from_secs(args.sync_timeout_seconds)).await?;
+            wait_for_webhook_sync(&cluster, &r, &args.file.rollouts, Duration::from_secs(args.sync_timeout_seconds)).await?;
         }
         let inventory = cluster.inventory().await?;
         let wanted = |w: &&WorkloadStatus| !w.converged() && (args.namespace.is_empty() || args.namespace.contains(&w.namespace));
