@@ -182,7 +182,7 @@ fn step(path: &Path, commit: bool, cluster_args: &ClusterArgs, output: Output, d
         match check {
             StepCheck::TargetReady => upgrade_prechecks(&cluster, &r, u.to.as_str()).await?,
             StepCheck::SourceReady => control_plane_ready(&cluster, u.from.as_str()).await.context("rolling back needs the old revision's control plane")?,
-            StepCheck::SourceGone => source_gone(&cluster, &r, &u).await?,
+            StepCheck::SourceGone => source_gone(&cluster, &u).await?,
         }
         Ok::<_, anyhow::Error>(plan::moves(&r, &next, &cluster.inventory().await?))
     })??;
@@ -210,7 +210,7 @@ enum StepCheck {
 
 /// Finishing retires the old version: no pod may carry it and no proxy may be
 /// connected to its control plane.
-async fn source_gone(cluster: &Cluster, r: &Rollouts, u: &UpgradeState) -> Result<()> {
+async fn source_gone(cluster: &Cluster, u: &UpgradeState) -> Result<()> {
     let inventory = cluster.inventory().await?;
     let left: Vec<String> = inventory
         .workloads
@@ -224,7 +224,6 @@ async fn source_gone(cluster: &Cluster, r: &Rollouts, u: &UpgradeState) -> Resul
     if !proxies.is_empty() {
         bail!("{} proxies are still connected to control plane {}, e.g. {}; they belong to pods outside the cluster's workloads or still terminating", proxies.len(), u.from, proxies[0].id);
     }
-    let _ = r;
     Ok(())
 }
 
