@@ -97,8 +97,9 @@ impl Planner<'_> {
     /// `graph`, at `path`; returns what that fetch must select.
     fn fields(&mut self, fetch: usize, graph: &str, parent: &str, fields: &[Field], path: &[String], provided: Option<&FieldSet>) -> Result<Vec<SubField>, PlanError> {
         let mut out = Vec::new();
-        // Fields to fetch elsewhere, by owning subgraph, in first-seen order.
-        let mut elsewhere: Vec<(String, Vec<Field>)> = Vec::new();
+        // Fields to fetch elsewhere, by owning subgraph and concrete type (an
+        // abstract parent needs one entity fetch per type), in first-seen order.
+        let mut elsewhere: Vec<((String, String), Vec<Field>)> = Vec::new();
         let is_abstract = self.sg.types.get(parent).is_some_and(|t| t.is_abstract);
         if is_abstract {
             out.push(typename());
@@ -117,13 +118,15 @@ impl Planner<'_> {
             let info = self.sg.field(owner_type, &f.name).ok_or_else(|| PlanError::Unowned(format!("{owner_type}.{}", f.name)))?;
             let owner = elsewhere
                 .iter()
-                .map(|(g, _)| g.clone())
+                .filter(|((_, t), _)| t == owner_type)
+                .map(|((g, _), _)| g.clone())
                 .find(|g| info.graphs.contains(g))
                 .or_else(|| info.graphs.first().cloned())
                 .ok_or_else(|| PlanError::Unowned(format!("{owner_type}.{}", f.name)))?;
-            match elsewhere.iter_mut().find(|(g, _)| *g == owner) {
+            let group = (owner, owner_type.to_string());
+            match elsewhere.iter_mut().find(|(g, _)| *g == group) {
                 Some((_, list)) => list.push(f.clone()),
-                None => elsewhere.push((owner, vec![f.clone()])),
+                None => elsewhere.push((group, vec![f.clone()])),
             }
         }
         if elsewhere.is_empty() {
@@ -132,11 +135,11 @@ impl Planner<'_> {
         // Required fields of the entity fetches come first: they may need
         // fetches of their own, which the requiring fetch then waits for.
         let mut required_from_here: Vec<SubField> = Vec::new();
-        let mut requires_of: BTreeMap<String, FieldSet> = BTreeMap::new();
-        for (owner, list) in &elsewhere {
+        let mut requires_of: BTreeMap<(String, String), FieldSet> = BTreeMap::new();
+        for (group, list) in &elsewhere {
+            let (owner, owner_type) = group;
             let mut req = FieldSet::default();
             for f in list {
-                let owner_type = f.condition.as_deref().unwrap_or(parent);
                 if let Some(r) = self.sg.field(owner_type, &f.name).and_then(|i| i.requires.get(owner)) {
                     for item in &r.0 {
                         if !req.0.contains(item) {
@@ -145,30 +148,33 @@ impl Planner<'_> {
                     }
                 }
             }
-            requires_of.insert(owner.clone(), req);
+            requires_of.insert(group.clone(), req);
         }
         // Plan the fetches in an order where the providers of required fields exist first.
-        let mut created: BTreeMap<String, usize> = BTreeMap::new();
-        let mut order: Vec<(String, Vec<Field>)> = elsewhere.clone();
+        let mut created: BTreeMap<(String, String), usize> = BTreeMap::new();
+        let mut order: Vec<((String, String), Vec<Field>)> = elsewhere.clone();
         order.sort_by_key(|(g, _)| !requires_of.get(g).is_some_and(|r| r.0.is_empty()));
-        for (owner, list) in order {
-            let type_name = list.iter().find_map(|f| f.condition.clone()).unwrap_or_else(|| parent.to_string());
+        for ((owner, type_name), list) in order {
+            // Below an abstract parent, what this fetch adds for the entity
+            // fetch (key, required fields) is asked under `... on Type`.
+            let condition = (type_name != parent).then(|| type_name.clone());
+            let under_condition = |fields: Vec<SubField>| -> Vec<SubField> { fields.into_iter().map(|f| SubField { condition: condition.clone(), ..f }).collect() };
             let key = self.sg.key(&owner, &type_name).cloned().ok_or_else(|| PlanError::NoKey { type_name: type_name.clone(), graph: owner.clone(), field: list[0].name.clone() })?;
-            let requires = requires_of.remove(&owner).unwrap_or_default();
+            let requires = requires_of.remove(&(owner.clone(), type_name.clone())).unwrap_or_default();
             let mut deps = vec![fetch];
             for (name, sub) in &requires.0 {
                 if self.sg.resolves(graph, &type_name, name) {
-                    add_unique(&mut required_from_here, SubField { key: name.clone(), name: name.clone(), args: Vec::new(), condition: None, children: fieldset_selection(sub) });
+                    add_unique(&mut required_from_here, SubField { key: name.clone(), name: name.clone(), args: Vec::new(), condition: condition.clone(), children: fieldset_selection(sub) });
                 } else {
                     // Fetched by a sibling entity fetch, which this one waits for.
                     let provider = self.sg.field(&type_name, name).and_then(|i| i.graphs.iter().find(|g| **g != owner).cloned()).ok_or_else(|| PlanError::Unowned(format!("{type_name}.{name}")))?;
-                    let pid = match created.get(&provider) {
+                    let pid = match created.get(&(provider.clone(), type_name.clone())) {
                         Some(id) => *id,
                         None => {
                             let pkey = self.sg.key(&provider, &type_name).cloned().ok_or_else(|| PlanError::NoKey { type_name: type_name.clone(), graph: provider.clone(), field: name.clone() })?;
                             let id = self.new_fetch(&provider, FetchKind::Entity { type_name: type_name.clone(), path: path.to_vec(), key: pkey.clone(), requires: FieldSet::default() }, vec![fetch]);
-                            required_from_here.extend(fieldset_selection(&pkey));
-                            created.insert(provider.clone(), id);
+                            required_from_here.extend(under_condition(fieldset_selection(&pkey)));
+                            created.insert((provider.clone(), type_name.clone()), id);
                             id
                         }
                     };
@@ -178,10 +184,10 @@ impl Planner<'_> {
                     }
                 }
             }
-            for k in fieldset_selection(&key) {
+            for k in under_condition(fieldset_selection(&key)) {
                 add_unique(&mut required_from_here, k);
             }
-            let id = match created.get(&owner) {
+            let id = match created.get(&(owner.clone(), type_name.clone())) {
                 Some(id) => {
                     let existing = &mut self.fetches[*id];
                     for d in deps {
@@ -196,7 +202,7 @@ impl Planner<'_> {
                 }
                 None => {
                     let id = self.new_fetch(&owner, FetchKind::Entity { type_name: type_name.clone(), path: path.to_vec(), key, requires }, deps);
-                    created.insert(owner.clone(), id);
+                    created.insert((owner.clone(), type_name.clone()), id);
                     id
                 }
             };

@@ -23,9 +23,14 @@ impl Drop for Gateway {
 
 impl Gateway {
     fn start(subgraphs: std::net::SocketAddr, extra_config: &str) -> Gateway {
+        Self::start_with("supergraph.graphql", &common::config_for(subgraphs, extra_config))
+    }
+
+    /// The gateway over a supergraph of tests/data, with this gateway.yaml.
+    fn start_with(supergraph: &str, config: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::copy(common::data_dir().join("supergraph.graphql"), dir.path().join("supergraph.graphql")).expect("supergraph");
-        std::fs::write(dir.path().join("gateway.yaml"), common::config_for(subgraphs, extra_config)).expect("config");
+        std::fs::copy(common::data_dir().join(supergraph), dir.path().join("supergraph.graphql")).expect("supergraph");
+        std::fs::write(dir.path().join("gateway.yaml"), config).expect("config");
         let port = kube_harness::free_port().expect("port");
         let child = Command::new(kube_harness::workspace_bin("graphql-gateway").expect("gateway binary"))
             .args(["--supergraph", &dir.path().join("supergraph.graphql").display().to_string(), "--config", &dir.path().join("gateway.yaml").display().to_string()])
@@ -319,4 +324,35 @@ fn invalid_operations_are_refused_where_graphql_js_16_refuses_them() {
     }
     eprintln!("graphql-js {} vs revmesh, first message each:\n{table}", reference["version"]);
     assert_eq!(location_differences, known_location_differences, "error locations that differ from graphql-js's:\n{table}");
+}
+
+#[test]
+fn interfaces_and_unions_are_planned_across_subgraphs() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::media::start());
+    let config = format!("subgraphs:\n  search: {{url: \"http://{a}/search\"}}\n  ratings: {{url: \"http://{a}/ratings\"}}\n", a = subgraphs.addr);
+    let gw = Gateway::start_with("media-supergraph.graphql", &config);
+    // A union with type conditions, an interface with an inline fragment, a
+    // named fragment on the interface, and fields of both concrete types that
+    // live in another subgraph (entity fetches per concrete type).
+    let got = gw.query(
+        "query { \
+           search(text: \"a\") { __typename ... on Book { title pages rating } ... on Movie { title minutes rating } } \
+           media { id ...M ... on Movie { rating } } \
+         } fragment M on Media { title }",
+    );
+    let expected = json!({"data": {
+        "search": [
+            {"__typename": "Book", "title": "Dune", "pages": 412, "rating": 5},
+            {"__typename": "Movie", "title": "Alien", "minutes": 117, "rating": 4},
+            {"__typename": "Book", "title": "Emma", "pages": 300, "rating": null},
+        ],
+        "media": [
+            {"id": "1", "title": "Dune"},
+            {"id": "3", "title": "Alien", "rating": 4},
+            {"id": "2", "title": "Emma"},
+        ],
+    }});
+    assert_eq!(got, expected, "gateway log:\n{}", gw.log());
+    assert!(subgraphs.requests["ratings"].load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }

@@ -328,7 +328,7 @@ pub struct Subgraphs {
 
 type Exec = Arc<dyn Fn(async_graphql::Request) -> futures::future::BoxFuture<'static, async_graphql::Response> + Send + Sync>;
 
-fn exec<Q, M, S>(schema: Schema<Q, M, S>) -> Exec
+pub fn exec<Q, M, S>(schema: Schema<Q, M, S>) -> Exec
 where
     Q: async_graphql::ObjectType + 'static,
     M: async_graphql::ObjectType + 'static,
@@ -352,6 +352,11 @@ pub async fn start_on(at: std::net::SocketAddr) -> Subgraphs {
     routes.insert("products", exec(Schema::build(ProductsQuery, EmptyMutation, EmptySubscription).enable_federation().data(Arc::clone(&d)).finish()));
     routes.insert("inventory", exec(Schema::build(InventoryQuery, EmptyMutation, EmptySubscription).enable_federation().data(Arc::clone(&d)).finish()));
     routes.insert("reviews", exec(Schema::build(ReviewsQuery, EmptyMutation, EmptySubscription).enable_federation().data(Arc::clone(&d)).finish()));
+    serve(at, routes).await
+}
+
+/// Serves each subgraph of `routes` at `/<name>` on one port.
+pub async fn serve(at: std::net::SocketAddr, routes: BTreeMap<&'static str, Exec>) -> Subgraphs {
     let routes = Arc::new(routes);
     let down: Arc<BTreeMap<&'static str, AtomicBool>> = Arc::new(routes.keys().map(|k| (*k, AtomicBool::new(false))).collect());
     let requests: Arc<BTreeMap<&'static str, AtomicUsize>> = Arc::new(routes.keys().map(|k| (*k, AtomicUsize::new(0))).collect());
@@ -399,4 +404,105 @@ pub fn config_for(addr: std::net::SocketAddr, extra: &str) -> String {
     }
     text.push_str(extra);
     text
+}
+
+/// Two subgraphs over an interface and a union: `search` owns `Media`
+/// (interface), `SearchResult` (union), and `Book`/`Movie` with their titles;
+/// `ratings` adds `rating` to both entity types.
+pub mod media {
+    use async_graphql::{EmptyMutation, EmptySubscription, Interface, Object, Schema, SimpleObject, Union, ID};
+
+    #[derive(SimpleObject, Clone)]
+    pub struct Book {
+        id: ID,
+        title: String,
+        pages: i32,
+    }
+
+    #[derive(SimpleObject, Clone)]
+    pub struct Movie {
+        id: ID,
+        title: String,
+        minutes: i32,
+    }
+
+    #[derive(Interface, Clone)]
+    #[graphql(field(name = "id", ty = "&ID"), field(name = "title", ty = "&String"))]
+    pub enum Media {
+        Book(Book),
+        Movie(Movie),
+    }
+
+    #[derive(Union, Clone)]
+    pub enum SearchResult {
+        Book(Book),
+        Movie(Movie),
+    }
+
+    fn books() -> Vec<Book> {
+        vec![Book { id: "1".into(), title: "Dune".into(), pages: 412 }, Book { id: "2".into(), title: "Emma".into(), pages: 300 }]
+    }
+
+    fn movie() -> Movie {
+        Movie { id: "3".into(), title: "Alien".into(), minutes: 117 }
+    }
+
+    pub struct SearchQuery;
+
+    #[Object(name = "Query")]
+    impl SearchQuery {
+        async fn search(&self, _text: String) -> Vec<SearchResult> {
+            let b = books();
+            vec![SearchResult::Book(b[0].clone()), SearchResult::Movie(movie()), SearchResult::Book(b[1].clone())]
+        }
+        async fn media(&self) -> Vec<Media> {
+            let b = books();
+            vec![Media::Book(b[0].clone()), Media::Movie(movie()), Media::Book(b[1].clone())]
+        }
+        #[graphql(entity)]
+        async fn book_by_id(&self, id: ID) -> Option<Book> {
+            books().into_iter().find(|b| b.id == id)
+        }
+        #[graphql(entity)]
+        async fn movie_by_id(&self, id: ID) -> Option<Movie> {
+            Some(movie()).filter(|m| m.id == id)
+        }
+    }
+
+    #[derive(SimpleObject)]
+    #[graphql(name = "Book")]
+    pub struct BookRating {
+        id: ID,
+        rating: Option<i32>,
+    }
+
+    #[derive(SimpleObject)]
+    #[graphql(name = "Movie")]
+    pub struct MovieRating {
+        id: ID,
+        rating: Option<i32>,
+    }
+
+    pub struct RatingsQuery;
+
+    #[Object(name = "Query")]
+    impl RatingsQuery {
+        #[graphql(entity)]
+        async fn book(&self, id: ID) -> BookRating {
+            let rating = (id.as_str() == "1").then_some(5);
+            BookRating { id, rating }
+        }
+        #[graphql(entity)]
+        async fn movie(&self, id: ID) -> MovieRating {
+            let rating = (id.as_str() == "3").then_some(4);
+            MovieRating { id, rating }
+        }
+    }
+
+    pub async fn start() -> super::Subgraphs {
+        let mut routes: std::collections::BTreeMap<&'static str, super::Exec> = std::collections::BTreeMap::new();
+        routes.insert("search", super::exec(Schema::build(SearchQuery, EmptyMutation, EmptySubscription).enable_federation().finish()));
+        routes.insert("ratings", super::exec(Schema::build(RatingsQuery, EmptyMutation, EmptySubscription).enable_federation().finish()));
+        super::serve(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), routes).await
+    }
 }
