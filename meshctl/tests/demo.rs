@@ -4,8 +4,11 @@
 
 #[test]
 fn the_loopback_demo_works_end_to_end() {
-    // A port range unlikely to be shared with a parallel run.
-    let base = 20_000 + (std::process::id() % 400) as u16 * 100;
+    // A free port range below the kernel's ephemeral range (32768 and up),
+    // where outgoing connections of other tests could otherwise take a port.
+    let free = |base: u16| (base..base + 30).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+    let first = (std::process::id() % 120) as u16;
+    let base = (0..120u16).map(|i| 20_000 + ((first + i) % 120) * 100).find(|b| free(*b)).expect("a free range of 30 ports between 20000 and 32000");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .args(["demo", "--check", "--port-base", &base.to_string()])
         .output()
