@@ -38,13 +38,13 @@ pub struct Settings {
     #[arg(long, default_value = "0.0.0.0:15014")]
     pub debug_listen: SocketAddr,
     /// How often the source folder is checked for changes.
-    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "200ms", value_parser = revmesh_duration::parse)]
     pub poll_interval: Duration,
     /// Kubernetes source: quiet time after a change before pushing.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = revmesh_duration::parse)]
     pub debounce: Duration,
     /// Kubernetes source: longest a busy cluster can delay a push.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = revmesh_duration::parse)]
     pub debounce_max: Duration,
     /// TLS address serving xDS (gRPC) and the CA (POST /v1/certificate, GET
     /// /v1/root), with a certificate from the mesh CA.
@@ -76,20 +76,10 @@ pub struct Settings {
     #[arg(long, default_value_t = 100)]
     pub max_concurrent_pushes: usize,
     /// Lifetime of issued certificates unless the request asks for less.
-    #[arg(long, default_value = "3600s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3600s", value_parser = revmesh_duration::parse)]
     pub cert_ttl: Duration,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let n: u64 = t[..split].parse().map_err(|_| format!("{text:?} is not a duration like 200ms or 1s"))?;
-    match &t[split..] {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("{text:?} is not a duration like 200ms or 1s")),
-    }
-}
 
 pub fn init_tracing() {
     use std::io::IsTerminal;

@@ -31,16 +31,6 @@ pub struct Args {
     pub poll_ms: u64,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = n.parse().map_err(|_| format!("{text:?} is not a duration like 500ms or 5s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("{text:?} is not a duration like 500ms or 5s")),
-    }
-}
 
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,11 +72,11 @@ impl Config {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let config: Config = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if let Some(t) = &config.timeout {
-            parse_duration(t).map_err(|e| anyhow::anyhow!("{}: timeout: {e}", path.display()))?;
+            revmesh_duration::parse(t).map_err(|e| anyhow::anyhow!("{}: timeout: {e}", path.display()))?;
         }
         for (name, s) in &config.subgraphs {
             if let Some(t) = &s.timeout {
-                parse_duration(t).map_err(|e| anyhow::anyhow!("{}: subgraphs.{name}.timeout: {e}", path.display()))?;
+                revmesh_duration::parse(t).map_err(|e| anyhow::anyhow!("{}: subgraphs.{name}.timeout: {e}", path.display()))?;
             }
         }
         Ok(config)
@@ -115,11 +105,11 @@ pub fn build(text: &str, path: &Path, config: &Config, metrics: &Arc<Metrics>) -
         let uri: hyper::Uri = url.parse().with_context(|| format!("subgraph {}: URL {url:?}", g.name))?;
         endpoints.insert(id.clone(), (g.name.clone(), uri));
     }
-    let default_timeout = config.timeout.as_deref().map(parse_duration).transpose().map_err(anyhow::Error::msg)?.unwrap_or(Duration::from_secs(30));
+    let default_timeout = config.timeout.as_deref().map(revmesh_duration::parse).transpose().map_err(anyhow::Error::msg)?.unwrap_or(Duration::from_secs(30));
     let mut timeouts = HashMap::new();
     for (name, s) in &config.subgraphs {
         if let Some(t) = &s.timeout {
-            timeouts.insert(name.clone(), parse_duration(t).map_err(anyhow::Error::msg)?);
+            timeouts.insert(name.clone(), revmesh_duration::parse(t).map_err(anyhow::Error::msg)?);
         }
     }
     let mut subgraphs = Subgraphs::new(endpoints, default_timeout, timeouts);

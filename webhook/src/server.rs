@@ -44,24 +44,13 @@ pub struct Settings {
     #[arg(long, env = "REVMESH_ROLLOUTS")]
     pub rollouts: PathBuf,
     /// How often the mounted files are checked for changes.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = revmesh_duration::parse)]
     pub reload_interval: Duration,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: String,
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{text:?} is not a duration like 500ms, 2s or 1m")),
-    }
-}
 
 pub struct AppState {
     pub rollouts: SharedRollouts,

@@ -127,35 +127,16 @@ fn envoy_full(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool, met
             root.display()
         ),
     };
-    let bootstrap = format!(
-        r#"node:
-  id: {name}
-  cluster: test
-  metadata: {{REVMESH_REVISION: "{revision}", REVMESH_OUTBOUND_ADDRESS: "127.0.0.1:{listen}", {metadata}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-{transport}    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
-"#,
-        api = if delta { "DELTA_GRPC" } else { "GRPC" }
-    );
+    let metadata = format!(r#"REVMESH_REVISION: "{revision}", REVMESH_OUTBOUND_ADDRESS: "127.0.0.1:{listen}", {metadata}"#);
+    let bootstrap = kube_harness::envoy::ads_bootstrap(&kube_harness::envoy::AdsBootstrap {
+        node_id: name,
+        node_cluster: "test",
+        metadata: &metadata,
+        admin_port: admin,
+        xds_port: xds,
+        delta,
+        transport: &transport,
+    });
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, bootstrap).expect("bootstrap");
     let child = Command::new("envoy")

@@ -145,31 +145,17 @@ fn control_plane(dir: &Path, cluster: &Cluster, revision: &str) -> Result<(Proce
 /// A real Envoy as a proxy of `revision` in `namespace`, with a sidecar's node id.
 fn envoy(dir: &Path, revision: &str, namespace: &str, xds: u16) -> Result<Process> {
     let admin = free_port()?;
-    let bootstrap = format!(
-        r#"node:
-  id: "sidecar~127.0.0.1~web-0.{namespace}~{namespace}.svc.cluster.local"
-  cluster: revmesh
-  metadata: {{REVMESH_REVISION: "{revision}", REVMESH_INTERCEPTION: NONE}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-dynamic_resources:
-  ads_config: {{api_type: DELTA_GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
-"#
-    );
+    let node_id = format!("sidecar~127.0.0.1~web-0.{namespace}~{namespace}.svc.cluster.local");
+    let metadata = format!(r#"REVMESH_REVISION: "{revision}", REVMESH_INTERCEPTION: NONE"#);
+    let bootstrap = kube_harness::envoy::ads_bootstrap(&kube_harness::envoy::AdsBootstrap {
+        node_id: &node_id,
+        node_cluster: "revmesh",
+        metadata: &metadata,
+        admin_port: admin,
+        xds_port: xds,
+        delta: true,
+        transport: "",
+    });
     let path = dir.join(format!("envoy-{revision}.yaml"));
     std::fs::write(&path, bootstrap)?;
     let mut cmd = Command::new("envoy");

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod envoy;
 pub mod tls;
 
 const INSTALL_HINT: &str = "install it with: bash tests/harness/install-kube.sh (builds kube-apiserver 1.20 from Debian's source package, installs etcd-server)";
