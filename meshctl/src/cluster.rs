@@ -31,16 +31,16 @@ pub struct ControlPlaneAccess {
 }
 
 impl ControlPlaneAccess {
-    pub fn parse(items: &[String]) -> Result<Self> {
+    pub fn from_args(args: &crate::cli::ClusterArgs) -> Result<Self> {
         let mut overrides = BTreeMap::new();
-        for item in items {
+        for item in &args.control_plane {
             let (rev, url) = item.split_once('=').with_context(|| format!("--control-plane {item:?} is not REVISION=URL (for example 1-25-2=http://127.0.0.1:15014)"))?;
             if !url.starts_with("http://") {
                 bail!("--control-plane {item:?}: the URL must start with http:// (the debug port is plaintext)");
             }
             overrides.insert(rev.to_string(), url.trim_end_matches('/').to_string());
         }
-        Ok(Self { overrides, webhook: None })
+        Ok(Self { overrides, webhook: args.webhook.clone() })
     }
 }
 

@@ -79,7 +79,7 @@ pub fn precheck(args: &PrecheckArgs, output: Output) -> Result<ExitCode> {
             };
             checks.push(Check { check: check.into(), ok, detail });
         };
-        let cluster = match Cluster::connect(ControlPlaneAccess { webhook: args.cluster.webhook.clone(), ..ControlPlaneAccess::parse(&args.cluster.control_plane)? }).await {
+        let cluster = match Cluster::connect(ControlPlaneAccess::from_args(&args.cluster)?).await {
             Ok(c) => c,
             Err(e) => {
                 add("cluster reachable", Err(e));
@@ -158,7 +158,7 @@ pub async fn revisions(cluster: &Cluster, named: &[String]) -> Result<Vec<String
 
 pub fn proxy_status(args: &ProxyStatusArgs, output: Output) -> Result<ExitCode> {
     let (rows, errors) = block_on(async {
-        let cluster = Cluster::connect(ControlPlaneAccess { webhook: args.cluster.webhook.clone(), ..ControlPlaneAccess::parse(&args.cluster.control_plane)? }).await?;
+        let cluster = Cluster::connect(ControlPlaneAccess::from_args(&args.cluster)?).await?;
         let mut rows = Vec::new();
         let mut errors = Vec::new();
         for rev in revisions(&cluster, &args.revision).await? {

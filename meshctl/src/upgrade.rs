@@ -74,9 +74,7 @@ fn message_for(e: &Edit, before: &Option<UpgradeState>) -> String {
 }
 
 async fn connect(args: &ClusterArgs) -> Result<Cluster> {
-    let mut access = ControlPlaneAccess::parse(&args.control_plane)?;
-    access.webhook = args.webhook.clone();
-    Cluster::connect(access).await
+    Cluster::connect(ControlPlaneAccess::from_args(args)?).await
 }
 
 /// Waits until the webhook has loaded exactly this rollouts.yml.
@@ -179,12 +177,13 @@ fn step(path: &Path, commit: bool, cluster_args: &ClusterArgs, output: Output, d
     let u = r.upgrade.clone().ok_or(plan::UpgradeError::NotInProgress)?;
     let moves = block_on(async {
         let cluster = connect(cluster_args).await?;
+        let inventory = cluster.inventory().await?;
         match check {
             StepCheck::TargetReady => upgrade_prechecks(&cluster, &r, u.to.as_str()).await?,
             StepCheck::SourceReady => control_plane_ready(&cluster, u.from.as_str()).await.context("rolling back needs the old revision's control plane")?,
-            StepCheck::SourceGone => source_gone(&cluster, &u).await?,
+            StepCheck::SourceGone => source_gone(&cluster, &u, &inventory).await?,
         }
-        Ok::<_, anyhow::Error>(plan::moves(&r, &next, &cluster.inventory().await?))
+        Ok::<_, anyhow::Error>(plan::moves(&r, &next, &inventory))
     })??;
     if output == Output::Text {
         println!("{} -> {}", describe(&r.upgrade), describe(&next.upgrade));
@@ -210,8 +209,7 @@ enum StepCheck {
 
 /// Finishing retires the old version: no pod may carry it and no proxy may be
 /// connected to its control plane.
-async fn source_gone(cluster: &Cluster, u: &UpgradeState) -> Result<()> {
-    let inventory = cluster.inventory().await?;
+async fn source_gone(cluster: &Cluster, u: &UpgradeState, inventory: &Inventory) -> Result<()> {
     let left: Vec<String> = inventory
         .workloads
         .iter()
