@@ -3,9 +3,9 @@
 //! gathered so far, deduplicated, and sent in one `_entities` call per fetch.
 //! The answers are merged back into the objects they came from.
 
-use tracing::Instrument;
-use crate::plan::{fetch_text, Fetch, FetchKind, Plan};
+use crate::plan::{entity_fragment, root_text, Fetch, FetchKind, Plan};
 use crate::supergraph::FieldSet;
+use crate::value::{write_json, write_str, Object, Value};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Map, Value as Json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Largest subgraph response read.
 const MAX_SUBGRAPH_RESPONSE: usize = 64 * 1024 * 1024;
@@ -35,28 +36,65 @@ pub struct Subgraphs {
 }
 
 impl Subgraphs {
-    pub fn new(endpoints: BTreeMap<String, (String, hyper::Uri)>, default_timeout: Duration, timeouts: HashMap<String, Duration>) -> Subgraphs {
+    pub fn new(
+        endpoints: BTreeMap<String, (String, hyper::Uri)>,
+        default_timeout: Duration,
+        timeouts: HashMap<String, Duration>,
+    ) -> Subgraphs {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(connector);
-        Subgraphs { client, endpoints, timeouts, default_timeout, observe: None }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Subgraphs {
+            client,
+            endpoints,
+            timeouts,
+            default_timeout,
+            observe: None,
+        }
     }
 
-    async fn post(&self, graph: &str, body: Bytes, headers: &[(String, String)]) -> Result<Json, String> {
-        let (name, uri) = self.endpoints.get(graph).ok_or_else(|| format!("no URL for subgraph {graph}"))?;
-        let timeout = self.timeouts.get(name).copied().unwrap_or(self.default_timeout);
-        let mut req = hyper::Request::post(uri.clone()).header(hyper::header::CONTENT_TYPE, "application/json").header(hyper::header::ACCEPT, "application/graphql-response+json, application/json");
+    async fn post(
+        &self,
+        graph: &str,
+        body: Bytes,
+        headers: &[(String, String)],
+    ) -> Result<Value, String> {
+        let (name, uri) = self
+            .endpoints
+            .get(graph)
+            .ok_or_else(|| format!("no URL for subgraph {graph}"))?;
+        let timeout = self
+            .timeouts
+            .get(name)
+            .copied()
+            .unwrap_or(self.default_timeout);
+        let mut req = hyper::Request::post(uri.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(
+                hyper::header::ACCEPT,
+                "application/graphql-response+json, application/json",
+            );
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
         let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let started = Instant::now();
         let result = async {
-            let resp = tokio::time::timeout(timeout, self.client.request(req)).await.map_err(|_| format!("no answer within {timeout:?}"))?.map_err(|e| e.to_string())?;
+            let resp = tokio::time::timeout(timeout, self.client.request(req))
+                .await
+                .map_err(|_| format!("no answer within {timeout:?}"))?
+                .map_err(|e| e.to_string())?;
             let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_SUBGRAPH_RESPONSE).collect().await.map_err(|e| e.to_string())?.to_bytes();
-            let parsed: Json = serde_json::from_slice(&bytes).map_err(|e| format!("HTTP {status}, body is not JSON: {e}"))?;
+            let bytes = Limited::new(resp.into_body(), MAX_SUBGRAPH_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            let parsed: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("HTTP {status}, body is not JSON: {e}"))?;
             if !status.is_success() && parsed.get("data").is_none() {
                 return Err(format!("HTTP {status}"));
             }
@@ -70,15 +108,17 @@ impl Subgraphs {
     }
 
     fn name(&self, graph: &str) -> String {
-        self.endpoints.get(graph).map_or_else(|| graph.to_string(), |(n, _)| n.clone())
+        self.endpoints
+            .get(graph)
+            .map_or_else(|| graph.to_string(), |(n, _)| n.clone())
     }
 }
 
 /// Objects at `path` (arrays walked, nulls skipped), in a fixed order.
-fn collect<'a>(value: &'a Json, path: &[String], out: &mut Vec<&'a Map<String, Json>>) {
+fn collect<'a>(value: &'a Value, path: &[String], out: &mut Vec<&'a Object>) {
     match value {
-        Json::Array(items) => items.iter().for_each(|i| collect(i, path, out)),
-        Json::Object(map) => match path.split_first() {
+        Value::Array(items) => items.iter().for_each(|i| collect(i, path, out)),
+        Value::Object(map) => match path.split_first() {
             None => out.push(map),
             Some((head, rest)) => {
                 if let Some(next) = map.get(head) {
@@ -91,10 +131,10 @@ fn collect<'a>(value: &'a Json, path: &[String], out: &mut Vec<&'a Map<String, J
 }
 
 /// The same walk as [`collect`], mutably.
-fn visit_mut(value: &mut Json, path: &[String], f: &mut impl FnMut(&mut Map<String, Json>)) {
+fn visit_mut(value: &mut Value, path: &[String], f: &mut impl FnMut(&mut Object)) {
     match value {
-        Json::Array(items) => items.iter_mut().for_each(|i| visit_mut(i, path, f)),
-        Json::Object(map) => match path.split_first() {
+        Value::Array(items) => items.iter_mut().for_each(|i| visit_mut(i, path, f)),
+        Value::Object(map) => match path.split_first() {
             None => f(map),
             Some((head, rest)) => {
                 if let Some(next) = map.get_mut(head) {
@@ -106,25 +146,78 @@ fn visit_mut(value: &mut Json, path: &[String], f: &mut impl FnMut(&mut Map<Stri
     }
 }
 
-/// Copies the fields of `set` from `object`; None if one is missing.
-fn pick(object: &Map<String, Json>, set: &FieldSet, into: &mut Map<String, Json>) -> Option<()> {
+/// Writes the fields of `set` from `object` as JSON object members (each
+/// preceded by a comma); false if one is missing. `skip`: top-level names
+/// already written.
+fn write_fields(
+    object: &Object,
+    set: &FieldSet,
+    skip: &[(String, FieldSet)],
+    out: &mut Vec<u8>,
+) -> bool {
     for (name, sub) in &set.0 {
-        let value = object.get(name)?;
+        if skip.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        let Some(value) = object.get(name) else {
+            return false;
+        };
+        out.push(b',');
+        write_str(out, name);
+        out.push(b':');
         if sub.0.is_empty() {
-            into.insert(name.clone(), value.clone());
+            write_json(out, value);
         } else {
-            let mut nested = Map::new();
-            pick(value.as_object()?, sub, &mut nested)?;
-            into.insert(name.clone(), Json::Object(nested));
+            let Some(nested) = value.as_object() else {
+                return false;
+            };
+            let at = out.len();
+            if !write_fields(nested, sub, &[], out) {
+                return false;
+            }
+            // The nested members were written with a leading comma each;
+            // the first one opens the object instead.
+            if out.len() == at {
+                out.extend_from_slice(b"{}");
+            } else {
+                out[at] = b'{';
+                out.push(b'}');
+            }
         }
     }
+    true
+}
+
+/// The representation of `object` for an entity fetch of `type_name`:
+/// `__typename`, the key fields, then the required ones. None if the object is
+/// of another type (abstract fields hold several) or lacks a field.
+fn representation(
+    object: &Object,
+    type_name: &str,
+    key: &FieldSet,
+    requires: &FieldSet,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    if object
+        .get("__typename")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != type_name)
+    {
+        return None;
+    }
+    out.clear();
+    out.extend_from_slice(b"{\"__typename\":");
+    write_str(out, type_name);
+    (write_fields(object, key, &[], out) && write_fields(object, requires, &key.0, out))
+        .then_some(())?;
+    out.push(b'}');
     Some(())
 }
 
 /// Deep-merges `from` into `into`.
-pub fn merge(into: &mut Json, from: Json) {
+pub fn merge(into: &mut Value, from: Value) {
     match (into, from) {
-        (Json::Object(a), Json::Object(b)) => {
+        (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {
                 match a.get_mut(&k) {
                     Some(existing) => merge(existing, v),
@@ -134,7 +227,7 @@ pub fn merge(into: &mut Json, from: Json) {
                 }
             }
         }
-        (Json::Array(a), Json::Array(b)) if a.len() == b.len() => {
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
             for (x, y) in a.iter_mut().zip(b) {
                 merge(x, y);
             }
@@ -147,83 +240,252 @@ pub fn merge(into: &mut Json, from: Json) {
     }
 }
 
-/// A prepared request for one fetch: the body, and for entity fetches which
-/// representation each visited object maps to.
-struct Prepared {
-    /// Serialized once; cloning it for the request is a reference count.
-    body: Bytes,
-    slots: Option<Vec<Option<usize>>>,
+/// One `_entities` field of a batched request. Entity fetches of one wave to
+/// one subgraph that select the same fragment share it, so a representation
+/// wanted at several paths is sent once.
+struct EntityPart {
+    fragment: String,
+    /// Representations, deduplicated, as JSON texts.
+    representations: Vec<Vec<u8>>,
+    seen: HashMap<Vec<u8>, usize>,
+    /// (fetch id, path, for each object met at the path: its representation).
+    users: Vec<(usize, Vec<String>, Vec<Option<usize>>)>,
 }
 
-fn prepare(fetch: &Fetch, data: &Json, variables: &Map<String, Json>) -> Option<Prepared> {
-    let query = fetch_text(fetch);
-    match &fetch.kind {
-        FetchKind::Root { .. } => Some(Prepared { body: Bytes::from(json!({"query": query, "variables": variables}).to_string()), slots: None }),
-        FetchKind::Entity { type_name, path, key, requires } => {
-            let mut objects = Vec::new();
-            collect(data, path, &mut objects);
-            let mut reps: Vec<Json> = Vec::new();
-            let mut seen: HashMap<String, usize> = HashMap::new();
-            let mut slots = Vec::with_capacity(objects.len());
-            for object in objects {
-                // Only objects of the fetch's type (abstract fields hold several).
-                if object.get("__typename").and_then(Json::as_str).is_some_and(|t| t != type_name) {
-                    slots.push(None);
-                    continue;
-                }
-                let mut rep = Map::new();
-                rep.insert("__typename".into(), Json::String(type_name.clone()));
-                if pick(object, key, &mut rep).is_none() || pick(object, requires, &mut rep).is_none() {
-                    slots.push(None);
-                    continue;
-                }
-                let rep = Json::Object(rep);
-                let text = rep.to_string();
-                let index = *seen.entry(text).or_insert_with(|| {
-                    reps.push(rep);
-                    reps.len() - 1
+/// One HTTP request to one subgraph: a root fetch, or the entity fetches of
+/// one wave that go to the same subgraph.
+struct SubgraphRequest<'p> {
+    graph: &'p str,
+    body: Bytes,
+    fetches: Vec<usize>,
+    /// Empty for a root fetch.
+    parts: Vec<EntityPart>,
+    kind: &'static str,
+}
+
+/// Builds the requests of one wave of ready fetches: roots one each, entity
+/// fetches batched per subgraph. Fetches with no representation to send are
+/// left out (there is nothing to fetch for them).
+fn wave_requests<'p>(
+    ready: &[&'p Fetch],
+    data: &Value,
+    variables: &Map<String, Json>,
+) -> Vec<SubgraphRequest<'p>> {
+    let mut requests: Vec<SubgraphRequest<'p>> = Vec::new();
+    let mut scratch = Vec::with_capacity(128);
+    for fetch in ready {
+        match &fetch.kind {
+            FetchKind::Root { operation } => {
+                let body = json!({"query": root_text(operation, &fetch.selection), "variables": variables}).to_string();
+                requests.push(SubgraphRequest {
+                    graph: &fetch.graph,
+                    body: Bytes::from(body),
+                    fetches: vec![fetch.id],
+                    parts: Vec::new(),
+                    kind: "root",
                 });
-                slots.push(Some(index));
             }
-            if reps.is_empty() {
-                return None;
+            FetchKind::Entity {
+                type_name,
+                path,
+                key,
+                requires,
+            } => {
+                let mut objects = Vec::new();
+                collect(data, path, &mut objects);
+                let fragment = entity_fragment(type_name, &fetch.selection);
+                let at = match requests
+                    .iter()
+                    .position(|r| r.kind == "entities" && r.graph == fetch.graph)
+                {
+                    Some(at) => at,
+                    None => {
+                        requests.push(SubgraphRequest {
+                            graph: &fetch.graph,
+                            body: Bytes::new(),
+                            fetches: Vec::new(),
+                            parts: Vec::new(),
+                            kind: "entities",
+                        });
+                        requests.len() - 1
+                    }
+                };
+                let request = &mut requests[at];
+                let part = match request.parts.iter().position(|p| p.fragment == fragment) {
+                    Some(p) => p,
+                    None => {
+                        request.parts.push(EntityPart {
+                            fragment,
+                            representations: Vec::new(),
+                            seen: HashMap::new(),
+                            users: Vec::new(),
+                        });
+                        request.parts.len() - 1
+                    }
+                };
+                let part = &mut request.parts[part];
+                let mut slots = Vec::with_capacity(objects.len());
+                for object in objects {
+                    if representation(object, type_name, key, requires, &mut scratch).is_none() {
+                        slots.push(None);
+                        continue;
+                    }
+                    let index = match part.seen.get(scratch.as_slice()) {
+                        Some(i) => *i,
+                        None => {
+                            part.representations.push(scratch.clone());
+                            part.seen
+                                .insert(scratch.clone(), part.representations.len() - 1);
+                            part.representations.len() - 1
+                        }
+                    };
+                    slots.push(Some(index));
+                }
+                if slots.iter().any(Option::is_some) {
+                    part.users.push((fetch.id, path.clone(), slots));
+                    request.fetches.push(fetch.id);
+                }
             }
-            Some(Prepared { body: Bytes::from(json!({"query": query, "variables": {"representations": reps}}).to_string()), slots: Some(slots) })
         }
+    }
+    requests.retain_mut(|r| {
+        if r.kind == "root" {
+            return true;
+        }
+        r.parts.retain(|p| !p.users.is_empty());
+        if r.parts.is_empty() {
+            return false;
+        }
+        r.body = Bytes::from(entities_body(&r.parts));
+        true
+    });
+    requests
+}
+
+/// `{"query": "query($r0:[_Any!]!,…){r0:_entities(representations:$r0){… on T{…}} …}", "variables": {"r0": […], …}}`
+fn entities_body(parts: &[EntityPart]) -> Vec<u8> {
+    let mut query = String::from("query(");
+    for i in 0..parts.len() {
+        if i > 0 {
+            query.push(',');
+        }
+        query.push_str(&format!("$r{i}:[_Any!]!"));
+    }
+    query.push_str("){");
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            query.push(' ');
+        }
+        query.push_str(&format!("r{i}:_entities(representations:$r{i}){{"));
+        query.push_str(&part.fragment);
+        query.push('}');
+    }
+    query.push('}');
+    let size: usize = parts
+        .iter()
+        .flat_map(|p| p.representations.iter())
+        .map(|r| r.len() + 1)
+        .sum();
+    let mut body = Vec::with_capacity(query.len() + size + 64);
+    body.extend_from_slice(b"{\"query\":");
+    // A String always serializes.
+    let _ = serde_json::to_writer(&mut body, &query);
+    body.extend_from_slice(b",\"variables\":{");
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(format!("\"r{i}\":[").as_bytes());
+        for (j, rep) in part.representations.iter().enumerate() {
+            if j > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(rep);
+        }
+        body.push(b']');
+    }
+    body.extend_from_slice(b"}}");
+    body
+}
+
+/// Puts the entities of one part back into the objects they were asked for.
+/// An entity wanted by several objects is copied; its last use takes it.
+fn place_entities(data: &mut Value, part: &EntityPart, entities: Vec<Value>) {
+    let mut uses = vec![0usize; entities.len()];
+    for (_, _, slots) in &part.users {
+        for index in slots.iter().flatten() {
+            if let Some(u) = uses.get_mut(*index) {
+                *u += 1;
+            }
+        }
+    }
+    let mut entities: Vec<Option<Value>> = entities.into_iter().map(Some).collect();
+    for (_, path, slots) in &part.users {
+        let mut at = 0;
+        visit_mut(data, path, &mut |object| {
+            if let Some(Some(index)) = slots.get(at) {
+                let entity = match (uses.get_mut(*index), entities.get_mut(*index)) {
+                    (Some(u), Some(slot)) if *u <= 1 => slot.take(),
+                    (Some(u), Some(slot)) => {
+                        *u -= 1;
+                        slot.clone()
+                    }
+                    _ => None,
+                };
+                if let Some(Value::Object(entity)) = entity {
+                    for (k, v) in entity {
+                        match object.get_mut(&k) {
+                            Some(existing) => merge(existing, v),
+                            None => {
+                                object.insert(k, v);
+                            }
+                        }
+                    }
+                }
+            }
+            at += 1;
+        });
     }
 }
 
 /// Runs the plan; returns the merged data and the errors met on the way.
-pub async fn run(plan: &Plan, subgraphs: &Subgraphs, variables: &Map<String, Json>, headers: &[(String, String)]) -> (Json, Vec<Json>) {
-    let mut data = Json::Object(Map::new());
+///
+/// The plan runs in waves: every fetch whose dependencies are done runs in the
+/// next one. Within a wave, the entity fetches to one subgraph go out as one
+/// request, so each subgraph is called at most once per wave for entities.
+pub async fn run(
+    plan: &Plan,
+    subgraphs: &Subgraphs,
+    variables: &Map<String, Json>,
+    headers: &[(String, String)],
+) -> (Value, Vec<Json>) {
+    let mut data = Value::Object(Object::new());
     let mut errors = Vec::new();
     let mut done = vec![false; plan.fetches.len()];
     loop {
-        let ready: Vec<&Fetch> = plan.fetches.iter().filter(|f| !done[f.id] && f.deps.iter().all(|d| done[*d])).collect();
+        let ready: Vec<&Fetch> = plan
+            .fetches
+            .iter()
+            .filter(|f| !done[f.id] && f.deps.iter().all(|d| done[*d]))
+            .collect();
         if ready.is_empty() {
             break;
         }
-        let prepared: Vec<(&Fetch, Option<Prepared>)> = ready.iter().map(|f| (*f, prepare(f, &data, variables))).collect();
-        let results = futures::future::join_all(prepared.iter().map(|(f, p)| async move {
-            match p {
-                Some(p) => {
-                    // One span per subgraph fetch (debug level: free unless enabled),
-                    // so a slow query shows which fetch and which subgraph it waited on.
-                    let span = match &f.kind {
-                        FetchKind::Root { operation } => tracing::debug_span!("fetch", subgraph = %subgraphs.name(&f.graph), fetch = f.id, kind = "root", operation = *operation),
-                        FetchKind::Entity { type_name, .. } => tracing::debug_span!("fetch", subgraph = %subgraphs.name(&f.graph), fetch = f.id, kind = "entities", entity = %type_name),
-                    };
-                    Some(subgraphs.post(&f.graph, p.body.clone(), headers).instrument(span).await)
-                }
-                None => None,
-            }
+        for f in &ready {
+            done[f.id] = true;
+        }
+        let requests = wave_requests(&ready, &data, variables);
+        let results = futures::future::join_all(requests.iter().map(|r| {
+            // One span per subgraph request (debug level: free unless enabled),
+            // so a slow query shows which fetches and which subgraph it waited on.
+            let ids = r.fetches.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+            let span = tracing::debug_span!("fetch", subgraph = %subgraphs.name(r.graph), fetch = %ids, kind = r.kind);
+            subgraphs.post(r.graph, r.body.clone(), headers).instrument(span)
         }))
         .await;
-        for ((fetch, prepared), result) in prepared.into_iter().zip(results) {
-            done[fetch.id] = true;
-            let (Some(prepared), Some(result)) = (prepared, result) else { continue };
-            let service = subgraphs.name(&fetch.graph);
-            let response = match result {
+        for (request, result) in requests.into_iter().zip(results) {
+            let service = subgraphs.name(request.graph);
+            let mut response = match result {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(subgraph = %service, error = %e, "subgraph fetch failed");
@@ -231,60 +493,184 @@ pub async fn run(plan: &Plan, subgraphs: &Subgraphs, variables: &Map<String, Jso
                     continue;
                 }
             };
-            if let Some(Json::Array(list)) = response.get("errors") {
+            let Some(response) = response.as_object_mut() else {
+                continue;
+            };
+            if let Some(Value::Array(list)) = response.remove("errors") {
                 for e in list {
-                    let mut e = e.clone();
+                    let mut e = Json::from(e);
                     if let Some(obj) = e.as_object_mut() {
                         obj.remove("locations");
-                        if matches!(fetch.kind, FetchKind::Entity { .. }) {
+                        // Paths inside `_entities` are not the client's paths.
+                        if request.kind == "entities" {
                             obj.remove("path");
                         }
-                        obj.entry("extensions").or_insert_with(|| json!({})).as_object_mut().map(|x| x.insert("service".into(), Json::String(service.clone())));
+                        obj.entry("extensions")
+                            .or_insert_with(|| json!({}))
+                            .as_object_mut()
+                            .map(|x| x.insert("service".into(), Json::String(service.clone())));
                     }
                     errors.push(e);
                 }
             }
-            let Some(mut result_data) = response.get("data").cloned().filter(|d| !d.is_null()) else { continue };
-            match (&fetch.kind, prepared.slots) {
-                (FetchKind::Root { .. }, _) => merge(&mut data, result_data),
-                (FetchKind::Entity { path, .. }, Some(slots)) => {
-                    let Some(Json::Array(entities)) = result_data.get_mut("_entities").map(Json::take) else { continue };
-                    // An entity shared by several objects is copied; the last use takes it.
-                    let mut uses = vec![0usize; entities.len()];
-                    for index in slots.iter().flatten() {
-                        if let Some(u) = uses.get_mut(*index) {
-                            *u += 1;
-                        }
-                    }
-                    let mut entities: Vec<Option<Json>> = entities.into_iter().map(Some).collect();
-                    let mut at = 0;
-                    visit_mut(&mut data, path, &mut |object| {
-                        if let Some(Some(index)) = slots.get(at) {
-                            let entity = match (uses.get_mut(*index), entities.get_mut(*index)) {
-                                (Some(u), Some(slot)) if *u <= 1 => slot.take(),
-                                (Some(u), Some(slot)) => {
-                                    *u -= 1;
-                                    slot.clone()
-                                }
-                                _ => None,
-                            };
-                            if let Some(Json::Object(entity)) = entity {
-                                for (k, v) in entity {
-                                    match object.get_mut(&k) {
-                                        Some(existing) => merge(existing, v),
-                                        None => {
-                                            object.insert(k, v);
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        at += 1;
-                    });
+            let Some(mut result_data) = response.remove("data").filter(|d| !d.is_null()) else {
+                continue;
+            };
+            if request.kind == "root" {
+                merge(&mut data, result_data);
+                continue;
+            }
+            for (i, part) in request.parts.iter().enumerate() {
+                if let Some(Value::Array(entities)) = result_data
+                    .as_object_mut()
+                    .and_then(|o| o.remove(&format!("r{i}")))
+                {
+                    place_entities(&mut data, part, entities);
                 }
-                _ => {}
             }
         }
     }
     (data, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::SubField;
+
+    fn field(name: &str) -> SubField {
+        SubField {
+            key: name.into(),
+            name: name.into(),
+            args: Vec::new(),
+            condition: None,
+            children: Vec::new(),
+        }
+    }
+
+    fn entity_fetch(id: usize, graph: &str, path: &[&str], selection: &[&str]) -> Fetch {
+        Fetch {
+            id,
+            graph: graph.into(),
+            kind: FetchKind::Entity {
+                type_name: "Product".into(),
+                path: path.iter().map(|p| p.to_string()).collect(),
+                key: FieldSet::parse("upc").expect("key"),
+                requires: FieldSet::default(),
+            },
+            selection: selection.iter().map(|s| field(s)).collect(),
+            deps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_wave_sends_one_request_per_subgraph_and_one_representation_per_entity() {
+        let data = Value::from(
+            json!({"top": [{"upc": "1"}, {"upc": "2"}, {"upc": "1"}], "other": {"upc": "2"}, "more": [{"upc": "3"}, {"name": "no key"}]}),
+        );
+        let fetches = [
+            entity_fetch(0, "INVENTORY", &["top"], &["inStock"]),
+            entity_fetch(1, "INVENTORY", &["other"], &["inStock"]),
+            entity_fetch(2, "INVENTORY", &["more"], &["weight"]),
+            entity_fetch(3, "REVIEWS", &["top"], &["id"]),
+        ];
+        let ready: Vec<&Fetch> = fetches.iter().collect();
+        let requests = wave_requests(&ready, &data, &Map::new());
+        assert_eq!(requests.len(), 2, "one request per subgraph");
+        let inventory = &requests[0];
+        assert_eq!(
+            (inventory.graph, inventory.fetches.clone()),
+            ("INVENTORY", vec![0, 1, 2])
+        );
+        let body: Json = serde_json::from_slice(&inventory.body).expect("the body is JSON");
+        assert_eq!(body["query"], "query($r0:[_Any!]!,$r1:[_Any!]!){r0:_entities(representations:$r0){... on Product{inStock}} r1:_entities(representations:$r1){... on Product{weight}}}");
+        // The same fragment at two paths shares one deduplicated list.
+        assert_eq!(
+            body["variables"]["r0"],
+            json!([{"__typename": "Product", "upc": "1"}, {"__typename": "Product", "upc": "2"}])
+        );
+        assert_eq!(
+            inventory.parts[0].users[0].2,
+            vec![Some(0), Some(1), Some(0)]
+        );
+        assert_eq!(inventory.parts[0].users[1].2, vec![Some(1)]);
+        // An object without its key gets no representation.
+        assert_eq!(
+            body["variables"]["r1"],
+            json!([{"__typename": "Product", "upc": "3"}])
+        );
+        assert_eq!(inventory.parts[1].users[0].2, vec![Some(0), None]);
+
+        // Answers go back where they were asked for, shared ones copied.
+        let mut merged = data.clone();
+        place_entities(
+            &mut merged,
+            &inventory.parts[0],
+            vec![
+                json!({"inStock": true}).into(),
+                json!({"inStock": false}).into(),
+            ],
+        );
+        place_entities(
+            &mut merged,
+            &inventory.parts[1],
+            vec![json!({"weight": 9}).into()],
+        );
+        let merged = Json::from(merged);
+        assert_eq!(
+            merged["top"],
+            json!([{"upc": "1", "inStock": true}, {"upc": "2", "inStock": false}, {"upc": "1", "inStock": true}])
+        );
+        assert_eq!(merged["other"], json!({"upc": "2", "inStock": false}));
+        assert_eq!(
+            merged["more"],
+            json!([{"upc": "3", "weight": 9}, {"name": "no key"}])
+        );
+    }
+
+    #[test]
+    fn representations_carry_nested_keys_and_required_fields() {
+        let object = Value::from(
+            json!({"__typename": "Product", "id": {"sku": "a", "region": "eu"}, "price": 3, "name": "x"}),
+        );
+        let key = FieldSet::parse("id { sku region }").expect("key");
+        let requires = FieldSet::parse("price").expect("requires");
+        let mut out = Vec::new();
+        representation(
+            object.as_object().expect("object"),
+            "Product",
+            &key,
+            &requires,
+            &mut out,
+        )
+        .expect("representable");
+        let rep: Json = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(
+            rep,
+            json!({"__typename": "Product", "id": {"sku": "a", "region": "eu"}, "price": 3})
+        );
+        assert!(
+            representation(
+                object.as_object().expect("object"),
+                "Book",
+                &key,
+                &requires,
+                &mut out
+            )
+            .is_none(),
+            "another type"
+        );
+        let missing = FieldSet::parse("weight").expect("requires");
+        assert!(
+            representation(
+                object.as_object().expect("object"),
+                "Product",
+                &key,
+                &missing,
+                &mut out
+            )
+            .is_none(),
+            "a missing field"
+        );
+    }
 }

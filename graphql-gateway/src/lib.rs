@@ -5,6 +5,7 @@
 //! * [`operation`]: a validated operation, normalised (fragments, skip/include, variables).
 //! * [`plan`]: the fetch graph (pure, cached per operation).
 //! * [`execute`]: parallel fetches, batched and deduplicated `_entities` calls.
+//! * [`value`]: the tree subgraph answers are parsed and merged into.
 //! * [`shape`]: the client's response: order, aliases, null propagation.
 //! * [`gateway`]: one request end to end, with limits and introspection.
 //! * [`http`]: GraphQL over HTTP, persisted queries, CORS.
@@ -19,3 +20,4 @@ pub mod plan;
 pub mod run;
 pub mod shape;
 pub mod supergraph;
+pub mod value;

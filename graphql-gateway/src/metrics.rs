@@ -32,18 +32,52 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("revmesh_graphql");
         let requests = Family::<StatusLabels, Counter>::default();
-        registry.register("requests", "GraphQL HTTP requests by status", requests.clone());
+        registry.register(
+            "requests",
+            "GraphQL HTTP requests by status",
+            requests.clone(),
+        );
         let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register("request_duration_seconds", "GraphQL request latency", latency.clone());
-        let fetch_latency = Family::<SubgraphLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
-        registry.register("fetch_duration_seconds", "Subgraph fetch latency", fetch_latency.clone());
+        registry.register(
+            "request_duration_seconds",
+            "GraphQL request latency",
+            latency.clone(),
+        );
+        let fetch_latency = Family::<SubgraphLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "fetch_duration_seconds",
+            "Subgraph fetch latency",
+            fetch_latency.clone(),
+        );
         let fetch_errors = Family::<SubgraphLabels, Counter>::default();
-        registry.register("fetch_errors", "Subgraph fetches that failed", fetch_errors.clone());
+        registry.register(
+            "fetch_errors",
+            "Subgraph fetches that failed",
+            fetch_errors.clone(),
+        );
         let reloads = Counter::default();
-        registry.register("supergraph_reloads", "Supergraph changes applied", reloads.clone());
+        registry.register(
+            "supergraph_reloads",
+            "Supergraph changes applied",
+            reloads.clone(),
+        );
         let reloads_refused = Counter::default();
-        registry.register("supergraph_reloads_refused", "Supergraph changes refused as invalid (the old schema keeps serving)", reloads_refused.clone());
-        Metrics { registry: Mutex::new(registry), requests, latency, fetch_latency, fetch_errors, reloads, reloads_refused }
+        registry.register(
+            "supergraph_reloads_refused",
+            "Supergraph changes refused as invalid (the old schema keeps serving)",
+            reloads_refused.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            fetch_latency,
+            fetch_errors,
+            reloads,
+            reloads_refused,
+        }
     }
 }
 
@@ -54,7 +88,9 @@ impl Metrics {
     }
 
     pub fn observe_fetch(&self, subgraph: &str, seconds: f64, ok: bool) {
-        let labels = SubgraphLabels { subgraph: subgraph.to_string() };
+        let labels = SubgraphLabels {
+            subgraph: subgraph.to_string(),
+        };
         self.fetch_latency.get_or_create(&labels).observe(seconds);
         if !ok {
             self.fetch_errors.get_or_create(&labels).inc();

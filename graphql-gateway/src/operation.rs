@@ -43,11 +43,24 @@ pub fn json_of(value: &Value, variables: &Map<String, Json>) -> Json {
         Value::Enum(e) => Json::String(e.to_string()),
         Value::Variable(v) => variables.get(v.as_str()).cloned().unwrap_or(Json::Null),
         Value::String(s) => Json::String(s.clone()),
-        Value::Float(f) => f.try_to_f64().ok().and_then(serde_json::Number::from_f64).map_or(Json::Null, Json::Number),
-        Value::Int(i) => i.as_str().parse::<i64>().map(Json::from).unwrap_or(Json::Null),
+        Value::Float(f) => f
+            .try_to_f64()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Json::Null, Json::Number),
+        Value::Int(i) => i
+            .as_str()
+            .parse::<i64>()
+            .map(Json::from)
+            .unwrap_or(Json::Null),
         Value::Boolean(b) => Json::Bool(*b),
         Value::List(items) => Json::Array(items.iter().map(|i| json_of(i, variables)).collect()),
-        Value::Object(fields) => Json::Object(fields.iter().map(|(k, v)| (k.to_string(), json_of(v, variables))).collect()),
+        Value::Object(fields) => Json::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), json_of(v, variables)))
+                .collect(),
+        ),
     }
 }
 
@@ -67,8 +80,14 @@ pub fn typed_literal(schema: &Schema, value: &Json, ty: &Type, out: &mut String)
             }
             out.push(']');
         }
-        (_, Type::List(inner) | Type::NonNullList(inner)) => typed_literal(schema, value, inner, out),
-        (Json::String(s), Type::Named(n) | Type::NonNullNamed(n)) if matches!(schema.types.get(n), Some(ExtendedType::Enum(_))) => out.push_str(s),
+        (_, Type::List(inner) | Type::NonNullList(inner)) => {
+            typed_literal(schema, value, inner, out)
+        }
+        (Json::String(s), Type::Named(n) | Type::NonNullNamed(n))
+            if matches!(schema.types.get(n), Some(ExtendedType::Enum(_))) =>
+        {
+            out.push_str(s)
+        }
         (Json::Object(fields), Type::Named(n) | Type::NonNullNamed(n)) => {
             let input = match schema.types.get(n) {
                 Some(ExtendedType::InputObject(i)) => Some(i),
@@ -92,8 +111,16 @@ pub fn typed_literal(schema: &Schema, value: &Json, ty: &Type, out: &mut String)
     }
 }
 
-fn included(directives: &apollo_compiler::executable::DirectiveList, variables: &Map<String, Json>) -> bool {
-    let flag = |name: &str| directives.get(name).and_then(|d| d.specified_argument_by_name("if")).map(|v| json_of(v, variables));
+fn included(
+    directives: &apollo_compiler::executable::DirectiveList,
+    variables: &Map<String, Json>,
+) -> bool {
+    let flag = |name: &str| {
+        directives
+            .get(name)
+            .and_then(|d| d.specified_argument_by_name("if"))
+            .map(|v| json_of(v, variables))
+    };
     let skip = flag("skip").is_some_and(|v| v == Json::Bool(true));
     let include = flag("include").is_none_or(|v| v == Json::Bool(true));
     !skip && include
@@ -107,7 +134,13 @@ pub struct Normaliser<'a> {
 
 impl Normaliser<'_> {
     /// The selection of `set` on objects of `parent` (an object, interface or union type).
-    pub fn fields(&self, set: &SelectionSet, parent: &str, condition: Option<&str>, out: &mut Vec<Field>) {
+    pub fn fields(
+        &self,
+        set: &SelectionSet,
+        parent: &str,
+        condition: Option<&str>,
+        out: &mut Vec<Field>,
+    ) {
         for selection in &set.selections {
             match selection {
                 Selection::Field(f) => {
@@ -129,7 +162,9 @@ impl Normaliser<'_> {
                                 let value = json_of(&a.value, self.variables);
                                 let mut text = String::new();
                                 match f.definition.argument_by_name(&a.name) {
-                                    Some(def) => typed_literal(self.schema, &value, &def.ty, &mut text),
+                                    Some(def) => {
+                                        typed_literal(self.schema, &value, &def.ty, &mut text)
+                                    }
                                     None => crate::plan::literal(&value, &mut text),
                                 }
                                 (a.name.to_string(), text)
@@ -146,36 +181,69 @@ impl Normaliser<'_> {
                         continue;
                     }
                     if let Some(fragment) = self.document.fragments.get(&spread.fragment_name) {
-                        self.conditional(&fragment.selection_set, parent, Some(fragment.type_condition().as_str()), condition, out);
+                        self.conditional(
+                            &fragment.selection_set,
+                            parent,
+                            Some(fragment.type_condition().as_str()),
+                            condition,
+                            out,
+                        );
                     }
                 }
                 Selection::InlineFragment(inline) => {
                     if !included(&inline.directives, self.variables) {
                         continue;
                     }
-                    self.conditional(&inline.selection_set, parent, inline.type_condition.as_ref().map(|t| t.as_str()), condition, out);
+                    self.conditional(
+                        &inline.selection_set,
+                        parent,
+                        inline.type_condition.as_ref().map(|t| t.as_str()),
+                        condition,
+                        out,
+                    );
                 }
             }
         }
     }
 
-    fn conditional(&self, set: &SelectionSet, parent: &str, on: Option<&str>, outer: Option<&str>, out: &mut Vec<Field>) {
+    fn conditional(
+        &self,
+        set: &SelectionSet,
+        parent: &str,
+        on: Option<&str>,
+        outer: Option<&str>,
+        out: &mut Vec<Field>,
+    ) {
         match on {
             // Always true on this parent: no condition to carry.
             None => self.fields(set, parent, outer, out),
-            Some(t) if t == parent || self.schema.is_subtype(t, parent) && !self.is_abstract(parent) => self.fields(set, parent, outer, out),
+            Some(t)
+                if t == parent
+                    || self.schema.is_subtype(t, parent) && !self.is_abstract(parent) =>
+            {
+                self.fields(set, parent, outer, out)
+            }
             Some(t) => self.fields(set, parent, Some(t), out),
         }
     }
 
     fn is_abstract(&self, name: &str) -> bool {
-        matches!(self.schema.types.get(name), Some(apollo_compiler::schema::ExtendedType::Interface(_) | apollo_compiler::schema::ExtendedType::Union(_)))
+        matches!(
+            self.schema.types.get(name),
+            Some(
+                apollo_compiler::schema::ExtendedType::Interface(_)
+                    | apollo_compiler::schema::ExtendedType::Union(_)
+            )
+        )
     }
 }
 
 /// Adds a field, merging it with an earlier one of the same response key and condition.
 fn merge_into(out: &mut Vec<Field>, field: Field) {
-    if let Some(existing) = out.iter_mut().find(|f| f.key == field.key && f.condition == field.condition) {
+    if let Some(existing) = out
+        .iter_mut()
+        .find(|f| f.key == field.key && f.condition == field.condition)
+    {
         for child in field.children {
             merge_into(&mut existing.children, child);
         }
@@ -185,10 +253,15 @@ fn merge_into(out: &mut Vec<Field>, field: Field) {
 }
 
 /// Picks the operation a request names.
-pub fn operation<'d>(document: &'d Valid<ExecutableDocument>, name: Option<&str>) -> Result<&'d apollo_compiler::Node<Operation>, OperationError> {
+pub fn operation<'d>(
+    document: &'d Valid<ExecutableDocument>,
+    name: Option<&str>,
+) -> Result<&'d apollo_compiler::Node<Operation>, OperationError> {
     document.operations.get(name).map_err(|_| match name {
         Some(n) => OperationError::Request(format!("Unknown operation named \"{n}\".")),
-        None => OperationError::Request("Must provide operation name if query contains multiple operations.".into()),
+        None => OperationError::Request(
+            "Must provide operation name if query contains multiple operations.".into(),
+        ),
     })
 }
 
@@ -208,10 +281,17 @@ mod tests {
         typed_literal(&schema, &serde_json::json!("ASC"), &ty("Order"), &mut out);
         assert_eq!(out, "ASC");
         out.clear();
-        typed_literal(&schema, &serde_json::json!({"order": "DESC", "name": "a \"b\""}), &ty("Filter"), &mut out);
+        typed_literal(
+            &schema,
+            &serde_json::json!({"order": "DESC", "name": "a \"b\""}),
+            &ty("Filter"),
+            &mut out,
+        );
         assert_eq!(out, r#"{name:"a \"b\"",order:DESC}"#);
         out.clear();
-        let list = Type::List(Box::new(Type::NonNullNamed(apollo_compiler::Name::new("String").expect("name"))));
+        let list = Type::List(Box::new(Type::NonNullNamed(
+            apollo_compiler::Name::new("String").expect("name"),
+        )));
         typed_literal(&schema, &serde_json::json!(["x", "y"]), &list, &mut out);
         assert_eq!(out, r#"["x","y"]"#);
     }

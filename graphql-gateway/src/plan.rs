@@ -37,7 +37,12 @@ pub enum FetchKind {
     /// A root operation fetch (query or mutation).
     Root { operation: &'static str },
     /// `_entities` for objects of `type_name` at `path` (response keys; lists are walked).
-    Entity { type_name: String, path: Vec<String>, key: FieldSet, requires: FieldSet },
+    Entity {
+        type_name: String,
+        path: Vec<String>,
+        key: FieldSet,
+        requires: FieldSet,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,15 +65,28 @@ pub enum PlanError {
     #[error("no subgraph resolves {0}")]
     Unowned(String),
     #[error("{type_name} has no @key in {graph}, so {field} cannot be fetched from there")]
-    NoKey { type_name: String, graph: String, field: String },
+    NoKey {
+        type_name: String,
+        graph: String,
+        field: String,
+    },
 }
 
 fn typename() -> SubField {
-    SubField { key: "__typename".into(), name: "__typename".into(), args: Vec::new(), condition: None, children: Vec::new() }
+    SubField {
+        key: "__typename".into(),
+        name: "__typename".into(),
+        args: Vec::new(),
+        condition: None,
+        children: Vec::new(),
+    }
 }
 
 fn add_unique(out: &mut Vec<SubField>, field: SubField) {
-    if let Some(existing) = out.iter_mut().find(|f| f.key == field.key && f.condition == field.condition) {
+    if let Some(existing) = out
+        .iter_mut()
+        .find(|f| f.key == field.key && f.condition == field.condition)
+    {
         for c in field.children {
             add_unique(&mut existing.children, c);
         }
@@ -78,7 +96,16 @@ fn add_unique(out: &mut Vec<SubField>, field: SubField) {
 }
 
 fn fieldset_selection(set: &FieldSet) -> Vec<SubField> {
-    set.0.iter().map(|(name, sub)| SubField { key: name.clone(), name: name.clone(), args: Vec::new(), condition: None, children: fieldset_selection(sub) }).collect()
+    set.0
+        .iter()
+        .map(|(name, sub)| SubField {
+            key: name.clone(),
+            name: name.clone(),
+            args: Vec::new(),
+            condition: None,
+            children: fieldset_selection(sub),
+        })
+        .collect()
 }
 
 struct Planner<'s> {
@@ -89,13 +116,27 @@ struct Planner<'s> {
 impl Planner<'_> {
     fn new_fetch(&mut self, graph: &str, kind: FetchKind, deps: Vec<usize>) -> usize {
         let id = self.fetches.len();
-        self.fetches.push(Fetch { id, graph: graph.into(), kind, selection: Vec::new(), deps });
+        self.fetches.push(Fetch {
+            id,
+            graph: graph.into(),
+            kind,
+            selection: Vec::new(),
+            deps,
+        });
         id
     }
 
     /// Plans `fields` of objects of `parent` reached by fetch `fetch` from
     /// `graph`, at `path`; returns what that fetch must select.
-    fn fields(&mut self, fetch: usize, graph: &str, parent: &str, fields: &[Field], path: &[String], provided: Option<&FieldSet>) -> Result<Vec<SubField>, PlanError> {
+    fn fields(
+        &mut self,
+        fetch: usize,
+        graph: &str,
+        parent: &str,
+        fields: &[Field],
+        path: &[String],
+        provided: Option<&FieldSet>,
+    ) -> Result<Vec<SubField>, PlanError> {
         let mut out = Vec::new();
         // Fields to fetch elsewhere, by owning subgraph and concrete type (an
         // abstract parent needs one entity fetch per type), in first-seen order.
@@ -107,15 +148,45 @@ impl Planner<'_> {
         for f in fields {
             let owner_type = f.condition.as_deref().unwrap_or(parent);
             let provided_here = provided.and_then(|p| p.0.iter().find(|(n, _)| *n == f.name));
-            if f.name == "__typename" || self.sg.resolves(graph, owner_type, &f.name) || provided_here.is_some() {
+            if f.name == "__typename"
+                || self.sg.resolves(graph, owner_type, &f.name)
+                || provided_here.is_some()
+            {
                 let mut path_next = path.to_vec();
                 path_next.push(f.key.clone());
-                let provides_next = provided_here.map(|(_, sub)| sub.clone()).or_else(|| self.sg.field(owner_type, &f.name).and_then(|i| i.provides.get(graph).cloned()));
-                let children = if f.children.is_empty() { Vec::new() } else { self.fields(fetch, graph, f.output(), &f.children, &path_next, provides_next.as_ref())? };
-                add_unique(&mut out, SubField { key: f.key.clone(), name: f.name.clone(), args: f.args.clone(), condition: f.condition.clone(), children });
+                let provides_next = provided_here.map(|(_, sub)| sub.clone()).or_else(|| {
+                    self.sg
+                        .field(owner_type, &f.name)
+                        .and_then(|i| i.provides.get(graph).cloned())
+                });
+                let children = if f.children.is_empty() {
+                    Vec::new()
+                } else {
+                    self.fields(
+                        fetch,
+                        graph,
+                        f.output(),
+                        &f.children,
+                        &path_next,
+                        provides_next.as_ref(),
+                    )?
+                };
+                add_unique(
+                    &mut out,
+                    SubField {
+                        key: f.key.clone(),
+                        name: f.name.clone(),
+                        args: f.args.clone(),
+                        condition: f.condition.clone(),
+                        children,
+                    },
+                );
                 continue;
             }
-            let info = self.sg.field(owner_type, &f.name).ok_or_else(|| PlanError::Unowned(format!("{owner_type}.{}", f.name)))?;
+            let info = self
+                .sg
+                .field(owner_type, &f.name)
+                .ok_or_else(|| PlanError::Unowned(format!("{owner_type}.{}", f.name)))?;
             let owner = elsewhere
                 .iter()
                 .filter(|((_, t), _)| t == owner_type)
@@ -140,7 +211,11 @@ impl Planner<'_> {
             let (owner, owner_type) = group;
             let mut req = FieldSet::default();
             for f in list {
-                if let Some(r) = self.sg.field(owner_type, &f.name).and_then(|i| i.requires.get(owner)) {
+                if let Some(r) = self
+                    .sg
+                    .field(owner_type, &f.name)
+                    .and_then(|i| i.requires.get(owner))
+                {
                     for item in &r.0 {
                         if !req.0.contains(item) {
                             req.0.push(item.clone());
@@ -158,27 +233,83 @@ impl Planner<'_> {
             // Below an abstract parent, what this fetch adds for the entity
             // fetch (key, required fields) is asked under `... on Type`.
             let condition = (type_name != parent).then(|| type_name.clone());
-            let under_condition = |fields: Vec<SubField>| -> Vec<SubField> { fields.into_iter().map(|f| SubField { condition: condition.clone(), ..f }).collect() };
-            let key = self.sg.key(&owner, &type_name).cloned().ok_or_else(|| PlanError::NoKey { type_name: type_name.clone(), graph: owner.clone(), field: list[0].name.clone() })?;
-            let requires = requires_of.remove(&(owner.clone(), type_name.clone())).unwrap_or_default();
+            let under_condition = |fields: Vec<SubField>| -> Vec<SubField> {
+                fields
+                    .into_iter()
+                    .map(|f| SubField {
+                        condition: condition.clone(),
+                        ..f
+                    })
+                    .collect()
+            };
+            let key = self
+                .sg
+                .key(&owner, &type_name)
+                .cloned()
+                .ok_or_else(|| PlanError::NoKey {
+                    type_name: type_name.clone(),
+                    graph: owner.clone(),
+                    field: list[0].name.clone(),
+                })?;
+            let requires = requires_of
+                .remove(&(owner.clone(), type_name.clone()))
+                .unwrap_or_default();
             let mut deps = vec![fetch];
             for (name, sub) in &requires.0 {
                 if self.sg.resolves(graph, &type_name, name) {
-                    add_unique(&mut required_from_here, SubField { key: name.clone(), name: name.clone(), args: Vec::new(), condition: condition.clone(), children: fieldset_selection(sub) });
+                    add_unique(
+                        &mut required_from_here,
+                        SubField {
+                            key: name.clone(),
+                            name: name.clone(),
+                            args: Vec::new(),
+                            condition: condition.clone(),
+                            children: fieldset_selection(sub),
+                        },
+                    );
                 } else {
                     // Fetched by a sibling entity fetch, which this one waits for.
-                    let provider = self.sg.field(&type_name, name).and_then(|i| i.graphs.iter().find(|g| **g != owner).cloned()).ok_or_else(|| PlanError::Unowned(format!("{type_name}.{name}")))?;
+                    let provider = self
+                        .sg
+                        .field(&type_name, name)
+                        .and_then(|i| i.graphs.iter().find(|g| **g != owner).cloned())
+                        .ok_or_else(|| PlanError::Unowned(format!("{type_name}.{name}")))?;
                     let pid = match created.get(&(provider.clone(), type_name.clone())) {
                         Some(id) => *id,
                         None => {
-                            let pkey = self.sg.key(&provider, &type_name).cloned().ok_or_else(|| PlanError::NoKey { type_name: type_name.clone(), graph: provider.clone(), field: name.clone() })?;
-                            let id = self.new_fetch(&provider, FetchKind::Entity { type_name: type_name.clone(), path: path.to_vec(), key: pkey.clone(), requires: FieldSet::default() }, vec![fetch]);
+                            let pkey =
+                                self.sg.key(&provider, &type_name).cloned().ok_or_else(|| {
+                                    PlanError::NoKey {
+                                        type_name: type_name.clone(),
+                                        graph: provider.clone(),
+                                        field: name.clone(),
+                                    }
+                                })?;
+                            let id = self.new_fetch(
+                                &provider,
+                                FetchKind::Entity {
+                                    type_name: type_name.clone(),
+                                    path: path.to_vec(),
+                                    key: pkey.clone(),
+                                    requires: FieldSet::default(),
+                                },
+                                vec![fetch],
+                            );
                             required_from_here.extend(under_condition(fieldset_selection(&pkey)));
                             created.insert((provider.clone(), type_name.clone()), id);
                             id
                         }
                     };
-                    add_unique(&mut self.fetches[pid].selection, SubField { key: name.clone(), name: name.clone(), args: Vec::new(), condition: None, children: fieldset_selection(sub) });
+                    add_unique(
+                        &mut self.fetches[pid].selection,
+                        SubField {
+                            key: name.clone(),
+                            name: name.clone(),
+                            args: Vec::new(),
+                            condition: None,
+                            children: fieldset_selection(sub),
+                        },
+                    );
                     if !deps.contains(&pid) {
                         deps.push(pid);
                     }
@@ -201,7 +332,16 @@ impl Planner<'_> {
                     *id
                 }
                 None => {
-                    let id = self.new_fetch(&owner, FetchKind::Entity { type_name: type_name.clone(), path: path.to_vec(), key, requires }, deps);
+                    let id = self.new_fetch(
+                        &owner,
+                        FetchKind::Entity {
+                            type_name: type_name.clone(),
+                            path: path.to_vec(),
+                            key,
+                            requires,
+                        },
+                        deps,
+                    );
                     created.insert((owner.clone(), type_name.clone()), id);
                     id
                 }
@@ -219,17 +359,53 @@ impl Planner<'_> {
     }
 }
 
+impl Plan {
+    /// One line per fetch, for the debug log: id, subgraph, what it fetches
+    /// and what it waits for.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for f in &self.fetches {
+            let what = match &f.kind {
+                FetchKind::Root { operation } => format!("{operation} root"),
+                FetchKind::Entity {
+                    type_name, path, ..
+                } => format!("{type_name} entities at /{}", path.join("/")),
+            };
+            out.push_str(&format!(
+                "#{} {} {} after {:?}; ",
+                f.id, f.graph, what, f.deps
+            ));
+        }
+        out
+    }
+}
+
 /// Plans an operation on the root type `root` (`Query` or `Mutation`).
-pub fn plan(sg: &Supergraph, root: &str, operation: &'static str, fields: &[Field]) -> Result<Plan, PlanError> {
-    let mut planner = Planner { sg, fetches: Vec::new() };
+pub fn plan(
+    sg: &Supergraph,
+    root: &str,
+    operation: &'static str,
+    fields: &[Field],
+) -> Result<Plan, PlanError> {
+    let mut planner = Planner {
+        sg,
+        fetches: Vec::new(),
+    };
     // Root fields by owner, in the order the client wrote them.
     let mut by_graph: Vec<(String, Vec<Field>)> = Vec::new();
     for f in fields {
         if f.name.starts_with("__") {
             continue; // introspection and __typename are answered by the gateway
         }
-        let info = sg.field(root, &f.name).ok_or_else(|| PlanError::Unowned(format!("{root}.{}", f.name)))?;
-        let graph = by_graph.iter().map(|(g, _)| g.clone()).find(|g| info.graphs.contains(g)).or_else(|| info.graphs.first().cloned()).ok_or_else(|| PlanError::Unowned(format!("{root}.{}", f.name)))?;
+        let info = sg
+            .field(root, &f.name)
+            .ok_or_else(|| PlanError::Unowned(format!("{root}.{}", f.name)))?;
+        let graph = by_graph
+            .iter()
+            .map(|(g, _)| g.clone())
+            .find(|g| info.graphs.contains(g))
+            .or_else(|| info.graphs.first().cloned())
+            .ok_or_else(|| PlanError::Unowned(format!("{root}.{}", f.name)))?;
         match by_graph.iter_mut().find(|(g, _)| *g == graph) {
             Some((_, list)) => list.push(f.clone()),
             None => by_graph.push((graph, vec![f.clone()])),
@@ -238,13 +414,19 @@ pub fn plan(sg: &Supergraph, root: &str, operation: &'static str, fields: &[Fiel
     let mut previous: Option<usize> = None;
     for (graph, list) in by_graph {
         // Mutations run in the order written; queries in parallel.
-        let deps = if operation == "mutation" { previous.into_iter().collect() } else { Vec::new() };
+        let deps = if operation == "mutation" {
+            previous.into_iter().collect()
+        } else {
+            Vec::new()
+        };
         let id = planner.new_fetch(&graph, FetchKind::Root { operation }, deps);
         let selection = planner.fields(id, &graph, root, &list, &[], None)?;
         planner.fetches[id].selection = selection;
         previous = Some(id);
     }
-    Ok(Plan { fetches: planner.fetches })
+    Ok(Plan {
+        fetches: planner.fetches,
+    })
 }
 
 /// A GraphQL literal for a JSON value (arguments are inlined into subgraph queries).
@@ -318,21 +500,19 @@ pub fn selection_text(fields: &[SubField], out: &mut String) {
     out.push('}');
 }
 
-/// The operation text sent to the subgraph for a fetch.
-pub fn fetch_text(fetch: &Fetch) -> String {
-    let mut text = String::new();
-    match &fetch.kind {
-        FetchKind::Root { operation } => {
-            text.push_str(operation);
-            selection_text(&fetch.selection, &mut text);
-        }
-        FetchKind::Entity { type_name, .. } => {
-            text.push_str("query($representations:[_Any!]!){_entities(representations:$representations){... on ");
-            text.push_str(type_name);
-            selection_text(&fetch.selection, &mut text);
-            text.push('}');
-            text.push('}');
-        }
-    }
+/// The operation text of a root fetch.
+pub fn root_text(operation: &str, selection: &[SubField]) -> String {
+    let mut text = String::from(operation);
+    selection_text(selection, &mut text);
+    text
+}
+
+/// What an entity fetch selects below `_entities`: `... on Type{...}`.
+/// Entity fetches to one subgraph with the same fragment share one
+/// `_entities` field (and its representation list) when batched.
+pub fn entity_fragment(type_name: &str, selection: &[SubField]) -> String {
+    let mut text = String::from("... on ");
+    text.push_str(type_name);
+    selection_text(selection, &mut text);
     text
 }

@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, clap::Parser)]
-#[command(name = "graphql-gateway", about = "A GraphQL gateway over a Federation v2 supergraph: each field is fetched from the subgraph that owns it")]
+#[command(
+    name = "graphql-gateway",
+    about = "A GraphQL gateway over a Federation v2 supergraph: each field is fetched from the subgraph that owns it"
+)]
 pub struct Args {
     /// The composed supergraph (SDL). Watched: a valid change is applied
     /// without dropping requests, an invalid one is refused and logged.
@@ -30,7 +33,6 @@ pub struct Args {
     #[arg(long, default_value_t = 500)]
     pub poll_ms: u64,
 }
-
 
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,14 +71,19 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: Config = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Config =
+            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if let Some(t) = &config.timeout {
-            revmesh_duration::parse(t).map_err(|e| anyhow::anyhow!("{}: timeout: {e}", path.display()))?;
+            revmesh_duration::parse(t)
+                .map_err(|e| anyhow::anyhow!("{}: timeout: {e}", path.display()))?;
         }
         for (name, s) in &config.subgraphs {
             if let Some(t) = &s.timeout {
-                revmesh_duration::parse(t).map_err(|e| anyhow::anyhow!("{}: subgraphs.{name}.timeout: {e}", path.display()))?;
+                revmesh_duration::parse(t).map_err(|e| {
+                    anyhow::anyhow!("{}: subgraphs.{name}.timeout: {e}", path.display())
+                })?;
             }
         }
         Ok(config)
@@ -97,32 +104,62 @@ impl Config {
 }
 
 /// Builds a gateway for a supergraph text; the error says what is wrong.
-pub fn build(text: &str, path: &Path, config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Gateway> {
+pub fn build(
+    text: &str,
+    path: &Path,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Gateway> {
     let sg = Supergraph::parse(text, &path.display().to_string())?;
     let mut endpoints = BTreeMap::new();
     for (id, g) in &sg.graphs {
-        let url = config.subgraphs.get(&g.name).and_then(|s| s.url.clone()).unwrap_or_else(|| g.url.clone());
-        let uri: hyper::Uri = url.parse().with_context(|| format!("subgraph {}: URL {url:?}", g.name))?;
+        let url = config
+            .subgraphs
+            .get(&g.name)
+            .and_then(|s| s.url.clone())
+            .unwrap_or_else(|| g.url.clone());
+        let uri: hyper::Uri = url
+            .parse()
+            .with_context(|| format!("subgraph {}: URL {url:?}", g.name))?;
         endpoints.insert(id.clone(), (g.name.clone(), uri));
     }
-    let default_timeout = config.timeout.as_deref().map(revmesh_duration::parse).transpose().map_err(anyhow::Error::msg)?.unwrap_or(Duration::from_secs(30));
+    let default_timeout = config
+        .timeout
+        .as_deref()
+        .map(revmesh_duration::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or(Duration::from_secs(30));
     let mut timeouts = HashMap::new();
     for (name, s) in &config.subgraphs {
         if let Some(t) = &s.timeout {
-            timeouts.insert(name.clone(), revmesh_duration::parse(t).map_err(anyhow::Error::msg)?);
+            timeouts.insert(
+                name.clone(),
+                revmesh_duration::parse(t).map_err(anyhow::Error::msg)?,
+            );
         }
     }
     let mut subgraphs = Subgraphs::new(endpoints, default_timeout, timeouts);
     let m = Arc::clone(metrics);
-    subgraphs.observe = Some(Arc::new(move |name: &str, secs: f64, ok: bool| m.observe_fetch(name, secs, ok)));
+    subgraphs.observe = Some(Arc::new(move |name: &str, secs: f64, ok: bool| {
+        m.observe_fetch(name, secs, ok)
+    }));
     Ok(Gateway::new(Arc::new(sg), subgraphs, config.limits()))
 }
 
-async fn watch_supergraph(server: Arc<Server>, path: PathBuf, config: Config, metrics: Arc<Metrics>, interval: Duration) {
+async fn watch_supergraph(
+    server: Arc<Server>,
+    path: PathBuf,
+    config: Config,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+) {
     let mut last = std::fs::read(&path).ok();
     loop {
         tokio::time::sleep(interval).await;
-        let Ok(now) = std::fs::read(&path) else { continue };
+        let Ok(now) = std::fs::read(&path) else {
+            continue;
+        };
         if last.as_deref() == Some(now.as_slice()) {
             continue;
         }
@@ -143,7 +180,8 @@ async fn watch_supergraph(server: Arc<Server>, path: PathBuf, config: Config, me
 }
 
 pub async fn main(args: Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Span closes are logged, so enabling `graphql_gateway::execute=debug`
     // prints each fetch with its subgraph and duration.
     tracing_subscriber::fmt()
@@ -162,13 +200,33 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         None => Config::default(),
     };
     let metrics = Arc::new(Metrics::default());
-    let text = std::fs::read_to_string(&args.supergraph).with_context(|| format!("reading the supergraph {}", args.supergraph.display()))?;
+    let text = std::fs::read_to_string(&args.supergraph)
+        .with_context(|| format!("reading the supergraph {}", args.supergraph.display()))?;
     let gateway = build(&text, &args.supergraph, &config, &metrics)?;
-    let settings = HttpSettings { max_request_bytes: config.max_request_bytes.unwrap_or(2 * 1024 * 1024), cors_origins: config.cors_origins.clone(), propagate_headers: config.propagate_headers.iter().map(|h| h.to_ascii_lowercase()).collect() };
+    let settings = HttpSettings {
+        max_request_bytes: config.max_request_bytes.unwrap_or(2 * 1024 * 1024),
+        cors_origins: config.cors_origins.clone(),
+        propagate_headers: config
+            .propagate_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    };
     let server = Arc::new(Server::new(gateway, settings, Arc::clone(&metrics)));
-    tokio::spawn(watch_supergraph(Arc::clone(&server), args.supergraph.clone(), config.clone(), Arc::clone(&metrics), Duration::from_millis(args.poll_ms)));
-    let listen = args.listen.or(config.listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4000)));
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tokio::spawn(watch_supergraph(
+        Arc::clone(&server),
+        args.supergraph.clone(),
+        config.clone(),
+        Arc::clone(&metrics),
+        Duration::from_millis(args.poll_ms),
+    ));
+    let listen = args
+        .listen
+        .or(config.listen)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4000)));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, supergraph = %args.supergraph.display(), "GraphQL gateway serving /graphql");
     let connections = Arc::new(tokio::sync::Semaphore::new(0));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -36,7 +36,12 @@ pub struct FieldSet(pub Vec<(String, FieldSet)>);
 
 impl FieldSet {
     pub fn parse(text: &str) -> Result<FieldSet, String> {
-        let tokens: Vec<String> = text.replace('{', " { ").replace('}', " } ").split_whitespace().map(str::to_string).collect();
+        let tokens: Vec<String> = text
+            .replace('{', " { ")
+            .replace('}', " } ")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
         let mut at = 0;
         let set = Self::parse_level(&tokens, &mut at)?;
         if at != tokens.len() {
@@ -124,7 +129,10 @@ fn bool_arg(d: &apollo_compiler::ast::Directive, name: &str) -> Option<bool> {
 
 /// Federation machinery that clients never see.
 fn machinery(name: &str) -> bool {
-    name.starts_with("join__") || name.starts_with("link__") || name == "link" || name == "inaccessible"
+    name.starts_with("join__")
+        || name.starts_with("link__")
+        || name == "link"
+        || name == "inaccessible"
 }
 
 fn inaccessible(directives: &apollo_compiler::ast::DirectiveList) -> bool {
@@ -136,10 +144,19 @@ fn inaccessible(directives: &apollo_compiler::ast::DirectiveList) -> bool {
 /// anything marked `@inaccessible` (the ownership tables were read before).
 fn api_schema(full: &Valid<Schema>) -> Result<Valid<Schema>, SupergraphError> {
     let mut s: Schema = full.clone().into_inner();
-    s.types.retain(|name, ty| !machinery(name) && !ty.directives().iter().any(|d| d.name == "inaccessible"));
+    s.types.retain(|name, ty| {
+        !machinery(name) && !ty.directives().iter().any(|d| d.name == "inaccessible")
+    });
     s.directive_definitions.retain(|name, _| !machinery(name));
-    s.schema_definition.make_mut().directives.0.retain(|d| !machinery(&d.name));
-    let clean_fields = |fields: &mut apollo_compiler::collections::IndexMap<apollo_compiler::Name, apollo_compiler::schema::Component<apollo_compiler::ast::FieldDefinition>>| {
+    s.schema_definition
+        .make_mut()
+        .directives
+        .0
+        .retain(|d| !machinery(&d.name));
+    let clean_fields = |fields: &mut apollo_compiler::collections::IndexMap<
+        apollo_compiler::Name,
+        apollo_compiler::schema::Component<apollo_compiler::ast::FieldDefinition>,
+    >| {
         fields.retain(|_, f| !inaccessible(&f.directives));
         for f in fields.values_mut() {
             let f = f.make_mut();
@@ -179,68 +196,134 @@ fn api_schema(full: &Valid<Schema>) -> Result<Valid<Schema>, SupergraphError> {
             ExtendedType::Scalar(sc) => sc.make_mut().directives.0.retain(|d| !machinery(&d.name)),
         }
     }
-    s.validate().map_err(|e| SupergraphError::Invalid(format!("the API schema derived from the supergraph is invalid: {}", e.errors)))
+    s.validate().map_err(|e| {
+        SupergraphError::Invalid(format!(
+            "the API schema derived from the supergraph is invalid: {}",
+            e.errors
+        ))
+    })
 }
 
 impl Supergraph {
     pub fn parse(text: &str, path: &str) -> Result<Supergraph, SupergraphError> {
-        let schema = Schema::parse_and_validate(text, path).map_err(|e| SupergraphError::Invalid(e.errors.to_string()))?;
+        let schema = Schema::parse_and_validate(text, path)
+            .map_err(|e| SupergraphError::Invalid(e.errors.to_string()))?;
         let Some(ExtendedType::Enum(graph_enum)) = schema.types.get("join__Graph") else {
             return Err(SupergraphError::NotFederated);
         };
         let mut graphs = BTreeMap::new();
         for (id, value) in &graph_enum.values {
-            let d = value.directives.get("join__graph").ok_or_else(|| SupergraphError::GraphWithoutUrl(id.to_string()))?;
+            let d = value
+                .directives
+                .get("join__graph")
+                .ok_or_else(|| SupergraphError::GraphWithoutUrl(id.to_string()))?;
             let (Some(name), Some(url)) = (string_arg(d, "name"), string_arg(d, "url")) else {
                 return Err(SupergraphError::GraphWithoutUrl(id.to_string()));
             };
-            graphs.insert(id.to_string(), Graph { id: id.to_string(), name, url });
+            graphs.insert(
+                id.to_string(),
+                Graph {
+                    id: id.to_string(),
+                    name,
+                    url,
+                },
+            );
         }
         let all_graphs: Vec<String> = graphs.keys().cloned().collect();
         let mut types = HashMap::new();
         let mut fields = HashMap::new();
         for (type_name, ty) in &schema.types {
-            if type_name.starts_with("join__") || type_name.starts_with("link__") || ty.is_built_in() {
+            if type_name.starts_with("join__")
+                || type_name.starts_with("link__")
+                || ty.is_built_in()
+            {
                 continue;
             }
-            let mut info = TypeInfo { is_abstract: matches!(ty, ExtendedType::Interface(_) | ExtendedType::Union(_)), ..Default::default() };
+            let mut info = TypeInfo {
+                is_abstract: matches!(ty, ExtendedType::Interface(_) | ExtendedType::Union(_)),
+                ..Default::default()
+            };
             for d in ty.directives().get_all("join__type") {
-                let graph = enum_arg(d, "graph").ok_or_else(|| SupergraphError::Directive { coordinate: type_name.to_string(), message: "@join__type without graph".into() })?;
+                let graph = enum_arg(d, "graph").ok_or_else(|| SupergraphError::Directive {
+                    coordinate: type_name.to_string(),
+                    message: "@join__type without graph".into(),
+                })?;
                 let entry = info.keys.entry(graph.clone()).or_default();
                 if let Some(key) = string_arg(d, "key") {
-                    entry.push(FieldSet::parse(&key).map_err(|message| SupergraphError::Directive { coordinate: type_name.to_string(), message })?);
-                    if bool_arg(d, "resolvable").unwrap_or(true) && !info.resolvable.contains(&graph) {
+                    entry.push(FieldSet::parse(&key).map_err(|message| {
+                        SupergraphError::Directive {
+                            coordinate: type_name.to_string(),
+                            message,
+                        }
+                    })?);
+                    if bool_arg(d, "resolvable").unwrap_or(true)
+                        && !info.resolvable.contains(&graph)
+                    {
                         info.resolvable.push(graph.clone());
                     }
                 }
             }
             if info.is_abstract {
-                info.possible = schema.types.iter().filter(|(_, t)| matches!(t, ExtendedType::Object(_))).filter(|(n, _)| schema.is_subtype(type_name, n)).map(|(n, _)| n.to_string()).collect();
+                info.possible = schema
+                    .types
+                    .iter()
+                    .filter(|(_, t)| matches!(t, ExtendedType::Object(_)))
+                    .filter(|(n, _)| schema.is_subtype(type_name, n))
+                    .map(|(n, _)| n.to_string())
+                    .collect();
             }
-            let type_graphs: Vec<String> = if info.keys.is_empty() { all_graphs.clone() } else { info.keys.keys().cloned().collect() };
-            let field_defs: Vec<(&apollo_compiler::Name, &apollo_compiler::schema::FieldDefinition)> = match ty {
+            let type_graphs: Vec<String> = if info.keys.is_empty() {
+                all_graphs.clone()
+            } else {
+                info.keys.keys().cloned().collect()
+            };
+            let field_defs: Vec<(
+                &apollo_compiler::Name,
+                &apollo_compiler::schema::FieldDefinition,
+            )> = match ty {
                 ExtendedType::Object(o) => o.fields.iter().map(|(n, f)| (n, &***f)).collect(),
                 ExtendedType::Interface(i) => i.fields.iter().map(|(n, f)| (n, &***f)).collect(),
                 _ => Vec::new(),
             };
             for (field_name, def) in field_defs {
                 let coordinate = format!("{type_name}.{field_name}");
-                let mut f = FieldInfo { output: def.ty.inner_named_type().to_string(), ..Default::default() };
+                let mut f = FieldInfo {
+                    output: def.ty.inner_named_type().to_string(),
+                    ..Default::default()
+                };
                 let joins: Vec<_> = def.directives.get_all("join__field").collect();
                 if joins.is_empty() {
                     f.graphs = type_graphs.clone();
                 }
                 for d in joins {
-                    let Some(graph) = enum_arg(d, "graph") else { continue };
+                    let Some(graph) = enum_arg(d, "graph") else {
+                        continue;
+                    };
                     if bool_arg(d, "external").unwrap_or(false) {
                         f.external.push(graph);
                         continue;
                     }
                     if let Some(req) = string_arg(d, "requires") {
-                        f.requires.insert(graph.clone(), FieldSet::parse(&req).map_err(|message| SupergraphError::Directive { coordinate: coordinate.clone(), message })?);
+                        f.requires.insert(
+                            graph.clone(),
+                            FieldSet::parse(&req).map_err(|message| {
+                                SupergraphError::Directive {
+                                    coordinate: coordinate.clone(),
+                                    message,
+                                }
+                            })?,
+                        );
                     }
                     if let Some(prov) = string_arg(d, "provides") {
-                        f.provides.insert(graph.clone(), FieldSet::parse(&prov).map_err(|message| SupergraphError::Directive { coordinate: coordinate.clone(), message })?);
+                        f.provides.insert(
+                            graph.clone(),
+                            FieldSet::parse(&prov).map_err(|message| {
+                                SupergraphError::Directive {
+                                    coordinate: coordinate.clone(),
+                                    message,
+                                }
+                            })?,
+                        );
                     }
                     f.graphs.push(graph);
                 }
@@ -248,10 +331,26 @@ impl Supergraph {
             }
             types.insert(type_name.to_string(), info);
         }
-        let query_type = schema.schema_definition.query.as_ref().map(|n| n.to_string()).unwrap_or_else(|| "Query".into());
-        let mutation_type = schema.schema_definition.mutation.as_ref().map(|n| n.to_string());
+        let query_type = schema
+            .schema_definition
+            .query
+            .as_ref()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "Query".into());
+        let mutation_type = schema
+            .schema_definition
+            .mutation
+            .as_ref()
+            .map(|n| n.to_string());
         let schema = api_schema(&schema)?;
-        Ok(Supergraph { schema, graphs, types, fields, query_type, mutation_type })
+        Ok(Supergraph {
+            schema,
+            graphs,
+            types,
+            fields,
+            query_type,
+            mutation_type,
+        })
     }
 
     pub fn field(&self, type_name: &str, field: &str) -> Option<&FieldInfo> {
@@ -263,7 +362,8 @@ impl Supergraph {
         if field == "__typename" {
             return true;
         }
-        self.field(type_name, field).is_some_and(|f| f.graphs.iter().any(|g| g == graph))
+        self.field(type_name, field)
+            .is_some_and(|f| f.graphs.iter().any(|g| g == graph))
     }
 
     /// A key of `type_name` that `graph` can resolve entities by.
@@ -282,7 +382,15 @@ mod tests {
 
     #[test]
     fn field_sets_parse_flat_and_nested() {
-        assert_eq!(FieldSet::parse("price weight").expect("flat").0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["price", "weight"]);
+        assert_eq!(
+            FieldSet::parse("price weight")
+                .expect("flat")
+                .0
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            ["price", "weight"]
+        );
         let nested = FieldSet::parse("id organization { id }").expect("nested");
         assert_eq!(nested.0[1].0, "organization");
         assert_eq!(nested.0[1].1 .0[0].0, "id");

@@ -73,7 +73,7 @@ def main():
     with Processes(work, env) as processes:
         start = processes.start
         sub_port = free_port()
-        start([f"{TARGET}/examples/bench-subgraphs", str(sub_port)], "subgraphs", 1)
+        subgraphs_p = start([f"{TARGET}/examples/bench-subgraphs", str(sub_port)], "subgraphs", 1)
         with open(os.path.join(DATA, "supergraph.graphql")) as f:
             sdl = f.read().replace("http://0.0.0.0:4200", f"http://127.0.0.1:{sub_port}")
         supergraph = os.path.join(work, "supergraph.graphql")
@@ -100,12 +100,13 @@ def main():
                 raise SystemExit(f"{name} does not answer the expected response")
             print(f"{name} answers the expected response", file=sys.stderr)
 
-        results = {n: {"rps": [], "p95": [], "p99": [], "cpu": []} for n in targets}
+        results = {n: {"rps": [], "p95": [], "p99": [], "cpu": [], "subgraph_cpu": []} for n in targets}
         for r in range(ROUNDS):
             for name, (port, proc) in targets.items():
-                before = cpu_seconds(proc.pid)
+                before, sub_before = cpu_seconds(proc.pid), cpu_seconds(subgraphs_p.pid)
                 rps, p95, p99 = oha(port, body_file)
                 results[name]["cpu"].append((cpu_seconds(proc.pid) - before) / DURATION * 100)
+                results[name]["subgraph_cpu"].append((cpu_seconds(subgraphs_p.pid) - sub_before) / DURATION * 100)
                 results[name]["rps"].append(rps)
                 results[name]["p95"].append(p95)
                 results[name]["p99"].append(p99)
@@ -113,10 +114,10 @@ def main():
         med = {n: {k: statistics.median(v) for k, v in res.items()} for n, res in results.items()}
         rss = {n: rss_mb(p.pid) for n, (_, p) in targets.items()}
         print(f"\nbenchmark query, {CONCURRENCY} connections, median of {ROUNDS} rounds of {DURATION} s")
-        print(f"{'gateway':16} {'req/s':>9} {'p95 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'CPU %':>6}")
+        print(f"{'gateway':16} {'req/s':>9} {'p95 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'CPU %':>6} {'subgraphs CPU %':>16}")
         for n in targets:
             m = med[n]
-            print(f"{n:16} {m['rps']:9.1f} {m['p95']:8.1f} {m['p99']:8.1f} {rss[n]:7.1f} {m['cpu']:6.0f}")
+            print(f"{n:16} {m['rps']:9.1f} {m['p95']:8.1f} {m['p99']:8.1f} {rss[n]:7.1f} {m['cpu']:6.0f} {m['subgraph_cpu']:16.0f}")
         print(f"\nrevmesh/apollo-gateway: {med['revmesh']['rps'] / med['apollo-gateway']['rps']:.1f}x req/s")
 
 

@@ -44,35 +44,61 @@ pub struct ReviewRow {
 }
 
 /// Every row the expected response shows.
+///
+/// Rows are shared (`Arc`), so a resolver hands one out without copying it.
 #[derive(Debug, Default)]
 pub struct BenchData {
-    pub users: Vec<UserRow>,
-    pub products: BTreeMap<String, ProductRow>,
+    pub users: Vec<Arc<UserRow>>,
+    pub products: BTreeMap<String, Arc<ProductRow>>,
     pub top_products: Vec<String>,
-    pub reviews: BTreeMap<String, ReviewRow>,
+    pub reviews: BTreeMap<String, Arc<ReviewRow>>,
+}
+
+/// Rows while they are gathered from the expected response.
+#[derive(Default)]
+struct Rows {
+    products: BTreeMap<String, ProductRow>,
+    reviews: BTreeMap<String, ReviewRow>,
 }
 
 fn ids(list: Option<&Json>, key: &str) -> Vec<String> {
-    list.and_then(Json::as_array).map(|a| a.iter().filter_map(|r| r[key].as_str().map(str::to_string)).collect()).unwrap_or_default()
+    list.and_then(Json::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r[key].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl BenchData {
     pub fn load() -> BenchData {
-        let expected: Json = serde_json::from_str(&std::fs::read_to_string(data_dir().join("expected-response.json")).expect("expected response")).expect("json");
-        let mut d = BenchData::default();
+        let expected: Json = serde_json::from_str(
+            &std::fs::read_to_string(data_dir().join("expected-response.json"))
+                .expect("expected response"),
+        )
+        .expect("json");
+        let mut d = Rows::default();
         let mut users: BTreeMap<String, UserRow> = BTreeMap::new();
-        fn walk(v: &Json, d: &mut BenchData, users: &mut BTreeMap<String, UserRow>) {
+        fn walk(v: &Json, d: &mut Rows, users: &mut BTreeMap<String, UserRow>) {
             match v {
                 Json::Array(items) => items.iter().for_each(|i| walk(i, d, users)),
                 Json::Object(o) => {
                     if let Some(upc) = o.get("upc").and_then(Json::as_str) {
                         let p = d.products.entry(upc.into()).or_default();
                         p.upc = upc.into();
-                        p.name = o.get("name").and_then(Json::as_str).map(str::to_string).or(p.name.take());
+                        p.name = o
+                            .get("name")
+                            .and_then(Json::as_str)
+                            .map(str::to_string)
+                            .or(p.name.take());
                         p.price = o.get("price").and_then(Json::as_i64).or(p.price);
                         p.weight = o.get("weight").and_then(Json::as_i64).or(p.weight);
                         p.in_stock = o.get("inStock").and_then(Json::as_bool).or(p.in_stock);
-                        p.shipping_estimate = o.get("shippingEstimate").and_then(Json::as_i64).or(p.shipping_estimate);
+                        p.shipping_estimate = o
+                            .get("shippingEstimate")
+                            .and_then(Json::as_i64)
+                            .or(p.shipping_estimate);
                         if o.contains_key("reviews") {
                             p.reviews = ids(o.get("reviews"), "id");
                         }
@@ -90,8 +116,16 @@ impl BenchData {
                         } else if o.contains_key("username") {
                             let u = users.entry(id.into()).or_default();
                             u.id = id.into();
-                            u.name = o.get("name").and_then(Json::as_str).map(str::to_string).or(u.name.take());
-                            u.username = o.get("username").and_then(Json::as_str).map(str::to_string).or(u.username.take());
+                            u.name = o
+                                .get("name")
+                                .and_then(Json::as_str)
+                                .map(str::to_string)
+                                .or(u.name.take());
+                            u.username = o
+                                .get("username")
+                                .and_then(Json::as_str)
+                                .map(str::to_string)
+                                .or(u.username.take());
                             if o.contains_key("reviews") {
                                 u.reviews = ids(o.get("reviews"), "id");
                             }
@@ -118,12 +152,27 @@ impl BenchData {
                 }
             }
         }
-        d.users = ids(expected["data"].get("users"), "id").into_iter().filter_map(|id| users.get(&id).cloned()).collect();
-        d.top_products = ids(expected["data"].get("topProducts"), "upc");
-        d
+        BenchData {
+            users: ids(expected["data"].get("users"), "id")
+                .into_iter()
+                .filter_map(|id| users.get(&id).cloned())
+                .map(Arc::new)
+                .collect(),
+            products: d
+                .products
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
+            top_products: ids(expected["data"].get("topProducts"), "upc"),
+            reviews: d
+                .reviews
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
+        }
     }
 
-    fn user(&self, id: &str) -> Option<&UserRow> {
+    fn user(&self, id: &str) -> Option<&Arc<UserRow>> {
         self.users.iter().find(|u| u.id == id)
     }
 }
@@ -136,7 +185,7 @@ fn data<'a>(ctx: &Context<'a>) -> &'a Data {
 
 // ---- accounts ----
 
-pub struct AccountUser(UserRow);
+pub struct AccountUser(Arc<UserRow>);
 
 #[Object(name = "User")]
 impl AccountUser {
@@ -165,7 +214,14 @@ impl AccountsQuery {
         data(ctx).user(&id).cloned().map(AccountUser)
     }
     async fn users(&self, ctx: &Context<'_>) -> Option<Vec<Option<AccountUser>>> {
-        Some(data(ctx).users.iter().cloned().map(|u| Some(AccountUser(u))).collect())
+        Some(
+            data(ctx)
+                .users
+                .iter()
+                .cloned()
+                .map(|u| Some(AccountUser(u)))
+                .collect(),
+        )
     }
     #[graphql(entity)]
     async fn find_user_by_id(&self, ctx: &Context<'_>, id: ID) -> Option<AccountUser> {
@@ -175,7 +231,7 @@ impl AccountsQuery {
 
 // ---- products ----
 
-pub struct CatalogProduct(ProductRow);
+pub struct CatalogProduct(Arc<ProductRow>);
 
 #[Object(name = "Product")]
 impl CatalogProduct {
@@ -197,9 +253,20 @@ pub struct ProductsQuery;
 
 #[Object(name = "Query")]
 impl ProductsQuery {
-    async fn top_products(&self, ctx: &Context<'_>, #[graphql(default = 5)] first: i32) -> Option<Vec<Option<CatalogProduct>>> {
+    async fn top_products(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 5)] first: i32,
+    ) -> Option<Vec<Option<CatalogProduct>>> {
         let d = data(ctx);
-        Some(d.top_products.iter().take(usize::try_from(first).unwrap_or(0)).filter_map(|u| d.products.get(u).cloned()).map(|p| Some(CatalogProduct(p))).collect())
+        Some(
+            d.top_products
+                .iter()
+                .take(usize::try_from(first).unwrap_or(0))
+                .filter_map(|u| d.products.get(u).cloned())
+                .map(|p| Some(CatalogProduct(p)))
+                .collect(),
+        )
     }
     #[graphql(entity)]
     async fn find_product_by_upc(&self, ctx: &Context<'_>, upc: String) -> Option<CatalogProduct> {
@@ -210,7 +277,7 @@ impl ProductsQuery {
 // ---- inventory ----
 
 pub struct StockProduct {
-    row: ProductRow,
+    row: Arc<ProductRow>,
     price: Option<i64>,
     weight: Option<i64>,
 }
@@ -246,14 +313,24 @@ pub struct InventoryQuery;
 #[Object(name = "Query")]
 impl InventoryQuery {
     #[graphql(entity)]
-    async fn find_product_by_upc(&self, ctx: &Context<'_>, #[graphql(key)] upc: String, price: Option<i64>, weight: Option<i64>) -> Option<StockProduct> {
-        data(ctx).products.get(&upc).cloned().map(|row| StockProduct { row, price, weight })
+    async fn find_product_by_upc(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(key)] upc: String,
+        price: Option<i64>,
+        weight: Option<i64>,
+    ) -> Option<StockProduct> {
+        data(ctx)
+            .products
+            .get(&upc)
+            .cloned()
+            .map(|row| StockProduct { row, price, weight })
     }
 }
 
 // ---- reviews ----
 
-pub struct ReviewObj(ReviewRow);
+pub struct ReviewObj(Arc<ReviewRow>);
 pub struct ReviewUser(String);
 pub struct ReviewProduct(String);
 
@@ -285,7 +362,17 @@ impl ReviewUser {
     }
     async fn reviews(&self, ctx: &Context<'_>) -> Option<Vec<Option<ReviewObj>>> {
         let d = data(ctx);
-        Some(d.user(&self.0).map(|u| u.reviews.iter().filter_map(|r| d.reviews.get(r).cloned()).map(|r| Some(ReviewObj(r))).collect()).unwrap_or_default())
+        Some(
+            d.user(&self.0)
+                .map(|u| {
+                    u.reviews
+                        .iter()
+                        .filter_map(|r| d.reviews.get(r).cloned())
+                        .map(|r| Some(ReviewObj(r)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
     }
 }
 
@@ -296,7 +383,18 @@ impl ReviewProduct {
     }
     async fn reviews(&self, ctx: &Context<'_>) -> Option<Vec<Option<ReviewObj>>> {
         let d = data(ctx);
-        Some(d.products.get(&self.0).map(|p| p.reviews.iter().filter_map(|r| d.reviews.get(r).cloned()).map(|r| Some(ReviewObj(r))).collect()).unwrap_or_default())
+        Some(
+            d.products
+                .get(&self.0)
+                .map(|p| {
+                    p.reviews
+                        .iter()
+                        .filter_map(|r| d.reviews.get(r).cloned())
+                        .map(|r| Some(ReviewObj(r)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
     }
 }
 
@@ -326,7 +424,11 @@ pub struct Subgraphs {
     pub requests: Arc<BTreeMap<&'static str, AtomicUsize>>,
 }
 
-type Exec = Arc<dyn Fn(async_graphql::Request) -> futures::future::BoxFuture<'static, async_graphql::Response> + Send + Sync>;
+type Exec = Arc<
+    dyn Fn(async_graphql::Request) -> futures::future::BoxFuture<'static, async_graphql::Response>
+        + Send
+        + Sync,
+>;
 
 pub fn exec<Q, M, S>(schema: Schema<Q, M, S>) -> Exec
 where
@@ -348,59 +450,158 @@ pub async fn start() -> Subgraphs {
 pub async fn start_on(at: std::net::SocketAddr) -> Subgraphs {
     let d: Data = Arc::new(BenchData::load());
     let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
-    routes.insert("accounts", exec(Schema::build(AccountsQuery, EmptyMutation, EmptySubscription).enable_federation().data(Arc::clone(&d)).finish()));
-    routes.insert("products", exec(Schema::build(ProductsQuery, EmptyMutation, EmptySubscription).enable_federation().data(Arc::clone(&d)).finish()));
-    routes.insert("inventory", exec(Schema::build(InventoryQuery, EmptyMutation, EmptySubscription).enable_federation().data(Arc::clone(&d)).finish()));
-    routes.insert("reviews", exec(Schema::build(ReviewsQuery, EmptyMutation, EmptySubscription).enable_federation().data(Arc::clone(&d)).finish()));
+    routes.insert(
+        "accounts",
+        exec(
+            Schema::build(AccountsQuery, EmptyMutation, EmptySubscription)
+                .enable_federation()
+                .data(Arc::clone(&d))
+                .finish(),
+        ),
+    );
+    routes.insert(
+        "products",
+        exec(
+            Schema::build(ProductsQuery, EmptyMutation, EmptySubscription)
+                .enable_federation()
+                .data(Arc::clone(&d))
+                .finish(),
+        ),
+    );
+    routes.insert(
+        "inventory",
+        exec(
+            Schema::build(InventoryQuery, EmptyMutation, EmptySubscription)
+                .enable_federation()
+                .data(Arc::clone(&d))
+                .finish(),
+        ),
+    );
+    routes.insert(
+        "reviews",
+        exec(
+            Schema::build(ReviewsQuery, EmptyMutation, EmptySubscription)
+                .enable_federation()
+                .data(Arc::clone(&d))
+                .finish(),
+        ),
+    );
     serve(at, routes).await
 }
 
 /// Serves each subgraph of `routes` at `/<name>` on one port.
 pub async fn serve(at: std::net::SocketAddr, routes: BTreeMap<&'static str, Exec>) -> Subgraphs {
     let routes = Arc::new(routes);
-    let down: Arc<BTreeMap<&'static str, AtomicBool>> = Arc::new(routes.keys().map(|k| (*k, AtomicBool::new(false))).collect());
-    let requests: Arc<BTreeMap<&'static str, AtomicUsize>> = Arc::new(routes.keys().map(|k| (*k, AtomicUsize::new(0))).collect());
+    let down: Arc<BTreeMap<&'static str, AtomicBool>> = Arc::new(
+        routes
+            .keys()
+            .map(|k| (*k, AtomicBool::new(false)))
+            .collect(),
+    );
+    let requests: Arc<BTreeMap<&'static str, AtomicUsize>> =
+        Arc::new(routes.keys().map(|k| (*k, AtomicUsize::new(0))).collect());
     let listener = tokio::net::TcpListener::bind(at).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (down2, requests2) = (Arc::clone(&down), Arc::clone(&requests));
+    let documents: Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<String, async_graphql::parser::types::ExecutableDocument>,
+        >,
+    > = Arc::default();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
-            let (routes, down, requests) = (Arc::clone(&routes), Arc::clone(&down2), Arc::clone(&requests2));
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (routes, down, requests, documents) = (
+                Arc::clone(&routes),
+                Arc::clone(&down2),
+                Arc::clone(&requests2),
+                Arc::clone(&documents),
+            );
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (routes, down, requests) = (Arc::clone(&routes), Arc::clone(&down), Arc::clone(&requests));
-                    async move {
-                        let name = req.uri().path().trim_start_matches('/').to_string();
-                        let reply = |status: u16, body: Vec<u8>| {
-                            let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
-                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-                            r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
-                            Ok::<_, std::convert::Infallible>(r)
-                        };
-                        let Some((key, exec)) = routes.get_key_value(name.as_str()) else { return reply(404, b"{}".to_vec()) };
-                        requests[key].fetch_add(1, Ordering::Relaxed);
-                        if down[key].load(Ordering::Relaxed) {
-                            return reply(503, b"{\"message\":\"down for the test\"}".to_vec());
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (routes, down, requests, documents) = (
+                            Arc::clone(&routes),
+                            Arc::clone(&down),
+                            Arc::clone(&requests),
+                            Arc::clone(&documents),
+                        );
+                        async move {
+                            let name = req.uri().path().trim_start_matches('/').to_string();
+                            let reply = |status: u16, body: Vec<u8>| {
+                                let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+                                *r.status_mut() = hyper::StatusCode::from_u16(status)
+                                    .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+                                r.headers_mut().insert(
+                                    "content-type",
+                                    hyper::header::HeaderValue::from_static("application/json"),
+                                );
+                                Ok::<_, std::convert::Infallible>(r)
+                            };
+                            let Some((key, exec)) = routes.get_key_value(name.as_str()) else {
+                                return reply(404, b"{}".to_vec());
+                            };
+                            requests[key].fetch_add(1, Ordering::Relaxed);
+                            if down[key].load(Ordering::Relaxed) {
+                                return reply(503, b"{\"message\":\"down for the test\"}".to_vec());
+                            }
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let Ok(mut request) =
+                                serde_json::from_slice::<async_graphql::Request>(&body)
+                            else {
+                                return reply(400, b"{}".to_vec());
+                            };
+                            // Parsed documents are reused, as Apollo Server's document
+                            // cache does; a gateway sends the same few texts over and over.
+                            let cached = documents
+                                .lock()
+                                .ok()
+                                .and_then(|d| d.get(&request.query).cloned());
+                            match cached {
+                                Some(document) => request.set_parsed_query(document),
+                                None => {
+                                    if let Ok(document) = request.parsed_query().cloned() {
+                                        if let Ok(mut d) = documents.lock() {
+                                            if d.len() >= 1024 {
+                                                d.clear();
+                                            }
+                                            d.insert(request.query.clone(), document);
+                                        }
+                                    }
+                                }
+                            }
+                            let response = exec(request).await;
+                            reply(200, serde_json::to_vec(&response).unwrap_or_default())
                         }
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        let Ok(request) = serde_json::from_slice::<async_graphql::Request>(&body) else { return reply(400, b"{}".to_vec()) };
-                        let response = exec(request).await;
-                        reply(200, serde_json::to_vec(&response).unwrap_or_default())
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
             });
         }
     });
-    Subgraphs { addr, down, requests }
+    Subgraphs {
+        addr,
+        down,
+        requests,
+    }
 }
 
 /// A gateway config pointing every subgraph at `addr`.
 pub fn config_for(addr: std::net::SocketAddr, extra: &str) -> String {
     let mut text = String::from("subgraphs:\n");
     for name in ["accounts", "inventory", "products", "reviews"] {
-        text.push_str(&format!("  {name}: {{url: \"http://{addr}/{name}\", timeout: 5s}}\n"));
+        text.push_str(&format!(
+            "  {name}: {{url: \"http://{addr}/{name}\", timeout: 5s}}\n"
+        ));
     }
     text.push_str(extra);
     text
@@ -410,7 +611,9 @@ pub fn config_for(addr: std::net::SocketAddr, extra: &str) -> String {
 /// (interface), `SearchResult` (union), and `Book`/`Movie` with their titles;
 /// `ratings` adds `rating` to both entity types.
 pub mod media {
-    use async_graphql::{EmptyMutation, EmptySubscription, Interface, Object, Schema, SimpleObject, Union, ID};
+    use async_graphql::{
+        EmptyMutation, EmptySubscription, Interface, Object, Schema, SimpleObject, Union, ID,
+    };
 
     #[derive(SimpleObject, Clone)]
     pub struct Book {
@@ -440,11 +643,26 @@ pub mod media {
     }
 
     fn books() -> Vec<Book> {
-        vec![Book { id: "1".into(), title: "Dune".into(), pages: 412 }, Book { id: "2".into(), title: "Emma".into(), pages: 300 }]
+        vec![
+            Book {
+                id: "1".into(),
+                title: "Dune".into(),
+                pages: 412,
+            },
+            Book {
+                id: "2".into(),
+                title: "Emma".into(),
+                pages: 300,
+            },
+        ]
     }
 
     fn movie() -> Movie {
-        Movie { id: "3".into(), title: "Alien".into(), minutes: 117 }
+        Movie {
+            id: "3".into(),
+            title: "Alien".into(),
+            minutes: 117,
+        }
     }
 
     pub struct SearchQuery;
@@ -453,11 +671,19 @@ pub mod media {
     impl SearchQuery {
         async fn search(&self, _text: String) -> Vec<SearchResult> {
             let b = books();
-            vec![SearchResult::Book(b[0].clone()), SearchResult::Movie(movie()), SearchResult::Book(b[1].clone())]
+            vec![
+                SearchResult::Book(b[0].clone()),
+                SearchResult::Movie(movie()),
+                SearchResult::Book(b[1].clone()),
+            ]
         }
         async fn media(&self) -> Vec<Media> {
             let b = books();
-            vec![Media::Book(b[0].clone()), Media::Movie(movie()), Media::Book(b[1].clone())]
+            vec![
+                Media::Book(b[0].clone()),
+                Media::Movie(movie()),
+                Media::Book(b[1].clone()),
+            ]
         }
         #[graphql(entity)]
         async fn book_by_id(&self, id: ID) -> Option<Book> {
@@ -500,9 +726,24 @@ pub mod media {
     }
 
     pub async fn start() -> super::Subgraphs {
-        let mut routes: std::collections::BTreeMap<&'static str, super::Exec> = std::collections::BTreeMap::new();
-        routes.insert("search", super::exec(Schema::build(SearchQuery, EmptyMutation, EmptySubscription).enable_federation().finish()));
-        routes.insert("ratings", super::exec(Schema::build(RatingsQuery, EmptyMutation, EmptySubscription).enable_federation().finish()));
+        let mut routes: std::collections::BTreeMap<&'static str, super::Exec> =
+            std::collections::BTreeMap::new();
+        routes.insert(
+            "search",
+            super::exec(
+                Schema::build(SearchQuery, EmptyMutation, EmptySubscription)
+                    .enable_federation()
+                    .finish(),
+            ),
+        );
+        routes.insert(
+            "ratings",
+            super::exec(
+                Schema::build(RatingsQuery, EmptyMutation, EmptySubscription)
+                    .enable_federation()
+                    .finish(),
+            ),
+        );
         super::serve(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), routes).await
     }
 }
