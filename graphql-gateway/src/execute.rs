@@ -433,6 +433,7 @@ fn place_entities(data: &mut Value, part: &EntityPart, entities: Vec<Value>) {
                     _ => None,
                 };
                 if let Some(Value::Object(entity)) = entity {
+                    object.reserve(entity.len());
                     for (k, v) in entity {
                         match object.get_mut(&k) {
                             Some(existing) => merge(existing, v),
@@ -478,8 +479,7 @@ pub async fn run(
         let results = futures::future::join_all(requests.iter().map(|r| {
             // One span per subgraph request (debug level: free unless enabled),
             // so a slow query shows which fetches and which subgraph it waited on.
-            let ids = r.fetches.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
-            let span = tracing::debug_span!("fetch", subgraph = %subgraphs.name(r.graph), fetch = %ids, kind = r.kind);
+            let span = tracing::debug_span!("fetch", subgraph = %subgraphs.name(r.graph), fetch = ?r.fetches, kind = r.kind);
             subgraphs.post(r.graph, r.body.clone(), headers).instrument(span)
         }))
         .await;

@@ -6,7 +6,7 @@
 //! * A field that the current subgraph cannot resolve starts an entity fetch
 //!   to a subgraph that can. That fetch goes through `_entities` with the
 //!   type's `@key` in that subgraph, and the current fetch also asks for the
-//!   key fields (and `__typename`).
+//!   key fields (and `__typename` below an abstract parent).
 //! * `@requires` fields join the representation. When the current subgraph
 //!   cannot provide them, they come from another entity fetch, and the
 //!   requiring fetch waits for it.
@@ -351,7 +351,9 @@ impl Planner<'_> {
                 add_unique(&mut self.fetches[id].selection, s);
             }
         }
-        out.push(typename());
+        // `__typename` tells entity types apart only below an abstract parent
+        // (asked for above); a concrete parent's type is known here, and the
+        // representations name it without asking the subgraph.
         for f in required_from_here {
             add_unique(&mut out, f);
         }

@@ -50,6 +50,10 @@ impl Object {
         }
     }
 
+    pub fn reserve(&mut self, additional: usize) {
+        self.0.reserve(additional);
+    }
+
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         let at = self.0.iter().position(|(k, _)| &**k == key)?;
         Some(self.0.remove(at).1)
@@ -179,7 +183,9 @@ impl Serialize for Value {
 /// Writes `text` as a JSON string. Most strings need no escaping; those are
 /// copied whole instead of byte by byte.
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    // A fold without early exit, so the check compiles to vector compares.
+    let needs_escape = text.as_bytes().iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if needs_escape {
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(out, text);
     } else {

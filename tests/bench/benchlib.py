@@ -19,6 +19,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settle(pids, idle_share=0.05, window=0.5, timeout=30.0):
+    """Waits until the processes are idle: a gateway that fell behind keeps
+    working on requests the load generator already gave up on, and that work
+    would land in the next target's round."""
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        before = sum(cpu_seconds(p) for p in pids)
+        time.sleep(window)
+        if sum(cpu_seconds(p) for p in pids) - before < idle_share * window:
+            return
+    raise SystemExit(f"processes {pids} stayed busy for {timeout} s after a round")
+
+
 def rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -28,8 +42,8 @@ def rss_mb(pid):
 
 
 class Processes:
-    """Starts commands pinned with taskset, logs each to a file, and stops
-    them all when the `with` block ends."""
+    """Starts commands (pinned with taskset unless `cpu` is None), logs each
+    to a file, and stops them all when the `with` block ends."""
 
     def __init__(self, log_dir, env=None):
         self.log_dir = log_dir
@@ -38,7 +52,8 @@ class Processes:
 
     def start(self, cmd, name, cpu, cwd=None):
         log = open(os.path.join(self.log_dir, f"{name}.log"), "w")
-        p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=self.env)
+        pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
+        p = subprocess.Popen(pin + cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=self.env)
         self.procs.append(p)
         return p
 

@@ -5,11 +5,15 @@
 # answering the benchmark query of shared/bench/graphql at a fixed concurrency.
 #
 #   bash tests/bench/graphql.sh                   # 5 interleaved rounds of 10 s, 50 connections
-#   ROUNDS=3 DURATION=5 CONCURRENCY=50 bash tests/bench/graphql.sh
+#   ROUNDS=3 DURATION=5 CONCURRENCY=50 CPUS=split bash tests/bench/graphql.sh
 #
-# The gateways share CPU 0; the subgraphs and oha run on CPU 1. Reported per
-# gateway: median req/s, p95 and p99 latency, and RSS after the runs. Every
-# response of the first round is checked against the expected response.
+# CPUS=shared (the default): nothing is pinned, so each gateway gets the whole
+# machine, shared with the subgraphs and oha, as each gateway gets the same
+# 4 vCPUs in the Guild's benchmark. CPUS=split: the gateway alone on CPU 0,
+# the subgraphs and oha on CPU 1. Before each round the processes are left to
+# go idle. Reported per gateway: median req/s, p95 and p99 latency, RSS after
+# the runs, and the CPU of the gateway and of the subgraphs. The first answer
+# of each gateway is checked against the expected response.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export ROUNDS="${ROUNDS:-5}" DURATION="${DURATION:-10}" CONCURRENCY="${CONCURRENCY:-50}"

@@ -9,11 +9,18 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import Processes, cpu_seconds, free_port, rss_mb
+from benchlib import Processes, cpu_seconds, free_port, rss_mb, settle
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "10"))
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "50"))
+# shared: every process may run on every CPU, as in the Guild's benchmark,
+# where each gateway gets the same machine. split: the gateway alone on CPU 0,
+# the subgraphs and oha on CPU 1.
+CPUS = os.environ.get("CPUS", "shared")
+if CPUS not in ("shared", "split"):
+    raise SystemExit(f"CPUS must be shared or split, not {CPUS!r}")
+GATEWAY_CPU, OTHERS_CPU = (None, None) if CPUS == "shared" else (0, 1)
 TARGET = os.environ["TARGET_DIR"]
 APOLLO = os.environ["APOLLO_DIR"]
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../graphql-gateway/tests/data")
@@ -55,7 +62,7 @@ def wait_ready(port, body, timeout=60.0):
 
 def oha(port, body_file):
     out = subprocess.run(
-        ["taskset", "-c", "1", "oha", "--no-tui", "--output-format", "json", "-z", f"{DURATION}s", "-c", str(CONCURRENCY), "-m", "POST",
+        ([] if OTHERS_CPU is None else ["taskset", "-c", str(OTHERS_CPU)]) + ["oha", "--no-tui", "--output-format", "json", "-z", f"{DURATION}s", "-c", str(CONCURRENCY), "-m", "POST",
          "-H", "content-type: application/json", "-D", body_file, f"http://127.0.0.1:{port}/graphql"],
         capture_output=True, text=True, check=True,
     ).stdout
@@ -73,7 +80,7 @@ def main():
     with Processes(work, env) as processes:
         start = processes.start
         sub_port = free_port()
-        subgraphs_p = start([f"{TARGET}/examples/bench-subgraphs", str(sub_port)], "subgraphs", 1)
+        subgraphs_p = start([f"{TARGET}/examples/bench-subgraphs", str(sub_port)], "subgraphs", OTHERS_CPU)
         with open(os.path.join(DATA, "supergraph.graphql")) as f:
             sdl = f.read().replace("http://0.0.0.0:4200", f"http://127.0.0.1:{sub_port}")
         supergraph = os.path.join(work, "supergraph.graphql")
@@ -86,12 +93,12 @@ def main():
             expected = json.load(f)
 
         ours = free_port()
-        ours_p = start([f"{TARGET}/graphql-gateway", "--supergraph", supergraph, "--listen", f"127.0.0.1:{ours}"], "revmesh", 0)
+        ours_p = start([f"{TARGET}/graphql-gateway", "--supergraph", supergraph, "--listen", f"127.0.0.1:{ours}"], "revmesh", GATEWAY_CPU)
         apollo = free_port()
         script = os.path.join(work, "apollo.js")
         with open(script, "w") as f:
             f.write(APOLLO_SCRIPT)
-        apollo_p = start(["node", script, supergraph, str(apollo)], "apollo", 0, cwd=APOLLO)
+        apollo_p = start(["node", script, supergraph, str(apollo)], "apollo", GATEWAY_CPU, cwd=APOLLO)
         targets = {"revmesh": (ours, ours_p), "apollo-gateway": (apollo, apollo_p)}
         for name, (port, _) in targets.items():
             wait_ready(port, body)
@@ -103,6 +110,7 @@ def main():
         results = {n: {"rps": [], "p95": [], "p99": [], "cpu": [], "subgraph_cpu": []} for n in targets}
         for r in range(ROUNDS):
             for name, (port, proc) in targets.items():
+                settle([p.pid for _, p in targets.values()] + [subgraphs_p.pid])
                 before, sub_before = cpu_seconds(proc.pid), cpu_seconds(subgraphs_p.pid)
                 rps, p95, p99 = oha(port, body_file)
                 results[name]["cpu"].append((cpu_seconds(proc.pid) - before) / DURATION * 100)
@@ -113,7 +121,7 @@ def main():
             print(f"round {r + 1}/{ROUNDS}: " + ", ".join(f"{n} {results[n]['rps'][-1]:.0f} rps" for n in targets), file=sys.stderr)
         med = {n: {k: statistics.median(v) for k, v in res.items()} for n, res in results.items()}
         rss = {n: rss_mb(p.pid) for n, (_, p) in targets.items()}
-        print(f"\nbenchmark query, {CONCURRENCY} connections, median of {ROUNDS} rounds of {DURATION} s")
+        print(f"\nbenchmark query, {CONCURRENCY} connections, median of {ROUNDS} rounds of {DURATION} s, CPUs {CPUS}")
         print(f"{'gateway':16} {'req/s':>9} {'p95 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'CPU %':>6} {'subgraphs CPU %':>16}")
         for n in targets:
             m = med[n]
