@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Data-plane cost, one hop, side by side in one run: our sidecar, real Envoy
-# 1.40 fed by the same control plane, haproxy, and the direct path, all in
-# front of the same nginx answering 1 KB over HTTP/1.1 keep-alive.
+# Data-plane cost, side by side in one run: our sidecar, real Envoy 1.40,
+# haproxy, and the direct path, all in front of the same nginx answering 1 KB
+# over HTTP/1.1 keep-alive. Two shapes:
+#   * one hop: one proxy; our sidecar and Envoy fed by the same control plane;
+#   * two hops: a client-side and a server-side proxy with mutual TLS between
+#     them (tests/bench/sidecar_pair.py: our two sidecars with certificates
+#     from the control plane's CA and HTTP/2 inside TLS 1.3; two Envoys with
+#     the same, configured statically; two haproxy with HTTP/1.1 inside mTLS).
 #
-#   bash tests/bench/sidecar.sh              # 5 interleaved rounds
-#   ROUNDS=3 DURATION=5 bash tests/bench/sidecar.sh
+#   bash tests/bench/sidecar.sh              # 5 interleaved rounds, both shapes
+#   ROUNDS=3 DURATION=5 SHAPES=two-hop bash tests/bench/sidecar.sh
 #
-# Each proxy runs with one worker, pinned to CPU 0; nginx and the load tools
+# Each proxy runs with one worker, pinned to CPU 0 (both of a pair too); nginx and the load tools
 # are pinned to CPU 1. Per round and target:
 #   * wrk (closed loop, 16 connections): max req/s, and the proxy's CPU time
-#     over the run divided by the requests it served (µs per request);
+#     over the run divided by the requests it served (µs per request; a
+#     pair's two proxies summed);
 #   * oha at a fixed 1,000 req/s with latency correction: p50 and p99, from
 #     which the direct path's are subtracted (added latency);
 #   * the proxy's RSS after the runs.

@@ -11,12 +11,14 @@ import time
 import urllib.request
 
 from benchlib import Processes, cpu_seconds, free_port, rss_mb
+import sidecar_pair
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "5"))
 TARGET = os.environ["TARGET_DIR"]
 HOST = "web.demo"
 HZ = os.sysconf("SC_CLK_TCK")
+SHAPES = os.environ.get("SHAPES", "one-hop,two-hop").split(",")
 
 
 
@@ -157,38 +159,55 @@ backend web
 """)
         haproxy = start(["haproxy", "-f", hcfg, "-db"], "haproxy", 0)
 
-        targets = {"direct": (nginx_port, None), "revmesh": (ours, sidecar), "envoy": (envoy_port, envoy), "haproxy": (haproxy_port, haproxy)}
-        for name, (port, _) in targets.items():
+        targets = {"direct": nginx_port, "revmesh": ours, "envoy": envoy_port, "haproxy": haproxy_port}
+        for name, port in targets.items():
             wait_http(f"http://127.0.0.1:{port}/", {"Host": HOST})
             print(f"{name} answers on {port}", file=sys.stderr)
 
-        results = {name: {"rps": [], "cpu_us": [], "p50": [], "p99": []} for name in targets}
-        for r in range(ROUNDS):
-            for name, (port, proc) in targets.items():
-                before = cpu_seconds(proc.pid) if proc else 0.0
-                requests, rps = wrk(port)
-                used = cpu_seconds(proc.pid) - before if proc else 0.0
-                p50, p99 = oha(port)
-                res = results[name]
-                res["rps"].append(rps)
-                res["cpu_us"].append(used * 1e6 / requests if proc else 0.0)
-                res["p50"].append(p50)
-                res["p99"].append(p99)
-            print(f"round {r + 1}/{ROUNDS}: " + ", ".join(f"{n} {results[n]['rps'][-1]:.0f} rps" for n in targets), file=sys.stderr)
+        one_hop = {"direct": (nginx_port, []), "revmesh": (ours, [sidecar]), "envoy": (envoy_port, [envoy]), "haproxy": (haproxy_port, [haproxy])}
+        if "one-hop" in SHAPES:
+            report("one hop", measure(one_hop))
+        if "two-hop" in SHAPES:
+            pair = sidecar_pair.start_pairs(processes, work, TARGET, nginx_port)
+            for name, (port, _) in pair.items():
+                wait_http(f"http://127.0.0.1:{port}/", {"Host": HOST})
+                print(f"{name} answers on {port}", file=sys.stderr)
+            report("two-hop mTLS pair (client proxy -> mTLS -> server proxy)", measure({"direct": (nginx_port, []), **pair}))
 
-        med = {n: {k: statistics.median(v) for k, v in res.items()} for n, res in results.items()}
-        rss = {n: rss_mb(proc.pid) for n, (_, proc) in targets.items() if proc}
-        direct = med["direct"]
-        print(f"\none hop, HTTP/1.1 keep-alive, 1 KB responses; median of {ROUNDS} rounds of {DURATION} s")
-        print(f"{'target':10} {'max req/s':>10} {'CPU µs/req':>11} {'added p50 µs':>13} {'added p99 µs':>13} {'RSS MB':>7}")
-        for n in targets:
-            m = med[n]
-            added50 = m["p50"] - direct["p50"] if n != "direct" else 0.0
-            added99 = m["p99"] - direct["p99"] if n != "direct" else 0.0
-            print(f"{n:10} {m['rps']:10.0f} {m['cpu_us']:11.1f} {added50:13.0f} {added99:13.0f} {rss.get(n, 0.0):7.1f}")
-        ours_m, env_m, hap_m = med["revmesh"], med["envoy"], med["haproxy"]
-        print(f"\nrevmesh/envoy: CPU per request {ours_m['cpu_us'] / env_m['cpu_us']:.2f}x, max req/s {ours_m['rps'] / env_m['rps']:.2f}x, RSS {rss['revmesh'] / rss['envoy']:.2f}x")
-        print(f"revmesh/haproxy: CPU per request {ours_m['cpu_us'] / hap_m['cpu_us']:.2f}x, max req/s {ours_m['rps'] / hap_m['rps']:.2f}x")
+
+def measure(targets):
+    """Interleaved rounds over `targets` (name -> (port, proxy processes));
+    medians per target, with the proxies' RSS summed."""
+    results = {name: {"rps": [], "cpu_us": [], "p50": [], "p99": []} for name in targets}
+    for r in range(ROUNDS):
+        for name, (port, procs) in targets.items():
+            before = sum(cpu_seconds(p.pid) for p in procs)
+            requests, rps = wrk(port)
+            used = sum(cpu_seconds(p.pid) for p in procs) - before
+            p50, p99 = oha(port)
+            res = results[name]
+            res["rps"].append(rps)
+            res["cpu_us"].append(used * 1e6 / requests)
+            res["p50"].append(p50)
+            res["p99"].append(p99)
+        print(f"round {r + 1}/{ROUNDS}: " + ", ".join(f"{n} {results[n]['rps'][-1]:.0f} rps" for n in targets), file=sys.stderr)
+    med = {n: {k: statistics.median(v) for k, v in res.items()} for n, res in results.items()}
+    for n, (_, procs) in targets.items():
+        med[n]["rss"] = sum(rss_mb(p.pid) for p in procs)
+    return med
+
+
+def report(shape, med):
+    direct = med["direct"]
+    print(f"\n{shape}, HTTP/1.1 keep-alive, 1 KB responses; median of {ROUNDS} rounds of {DURATION} s")
+    print(f"{'target':10} {'max req/s':>10} {'CPU µs/req':>11} {'added p50 µs':>13} {'added p99 µs':>13} {'RSS MB':>7}")
+    for n, m in med.items():
+        added50 = m["p50"] - direct["p50"] if n != "direct" else 0.0
+        added99 = m["p99"] - direct["p99"] if n != "direct" else 0.0
+        print(f"{n:10} {m['rps']:10.0f} {m['cpu_us']:11.1f} {added50:13.0f} {added99:13.0f} {m['rss']:7.1f}")
+    ours_m, env_m, hap_m = med["revmesh"], med["envoy"], med["haproxy"]
+    print(f"\nrevmesh/envoy: CPU per request {ours_m['cpu_us'] / env_m['cpu_us']:.2f}x, max req/s {ours_m['rps'] / env_m['rps']:.2f}x, RSS {ours_m['rss'] / env_m['rss']:.2f}x")
+    print(f"revmesh/haproxy: CPU per request {ours_m['cpu_us'] / hap_m['cpu_us']:.2f}x, max req/s {ours_m['rps'] / hap_m['rps']:.2f}x")
 
 
 if __name__ == "__main__":
