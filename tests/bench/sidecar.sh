@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export ROUNDS="${ROUNDS:-5}" DURATION="${DURATION:-5}"
 
-for tool in nginx haproxy wrk; do
+for tool in nginx haproxy wrk openssl; do
   command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null; }
 done
 command -v oha >/dev/null || cargo install --locked oha
