@@ -12,6 +12,34 @@ def free_port():
         return s.getsockname()[1]
 
 
+def web_service(ip, port, revision=None):
+    """Manifests for the control plane's dir source: Service and Endpoints of
+    demo/web at ip:port, and with `revision` an injected Pod at that IP (so
+    the control plane names its identity, demo/web)."""
+    text = f"""apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {port}}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: web, namespace: demo}}
+subsets:
+- addresses: [{{ip: {ip}}}]
+  ports: [{{name: http, port: {port}}}]
+"""
+    if revision:
+        text += f"""---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-0, namespace: demo, labels: {{revmesh.io/rev: {revision}}}}}
+spec: {{serviceAccountName: web}}
+status: {{podIP: {ip}}}
+"""
+    return text
+
+
 def cpu_seconds(pid):
     """User + system CPU time of a process, in seconds."""
     with open(f"/proc/{pid}/stat") as f:

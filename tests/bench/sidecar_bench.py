@@ -10,7 +10,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import Processes, cpu_seconds, free_port, rss_mb
+from benchlib import Processes, cpu_seconds, free_port, rss_mb, web_service
 import sidecar_pair
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
@@ -83,19 +83,7 @@ http {{ access_log off; keepalive_requests 1000000; client_body_temp_path {work}
         mesh = os.path.join(work, "mesh")
         os.makedirs(mesh)
         with open(os.path.join(mesh, "web.yaml"), "w") as f:
-            f.write(f"""apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: demo}}
-spec:
-  ports: [{{name: http, port: 80, targetPort: {nginx_port}}}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {{name: web, namespace: demo}}
-subsets:
-- addresses: [{{ip: 127.0.0.1}}]
-  ports: [{{name: http, port: {nginx_port}}}]
-""")
+            f.write(web_service("127.0.0.1", nginx_port))
         xds, tls, debug = free_port(), free_port(), free_port()
         start([f"{TARGET}/control-plane", "--revision", "bench", "--source", f"dir:{mesh}", "--xds-listen", f"127.0.0.1:{xds}",
                "--tls-listen", f"127.0.0.1:{tls}", "--debug-listen", f"127.0.0.1:{debug}"], "control-plane", 1)

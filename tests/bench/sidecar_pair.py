@@ -19,7 +19,7 @@ import os
 import subprocess
 import time
 
-from benchlib import free_port
+from benchlib import free_port, web_service
 
 SERVER_IP = "127.0.0.2"
 TRUST = "cluster.local"
@@ -67,25 +67,7 @@ def start_revmesh(start, work, target, nginx_port, pki):
     os.makedirs(mesh, exist_ok=True)
     inbound = free_port()
     with open(os.path.join(mesh, "web.yaml"), "w") as f:
-        f.write(f"""apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: demo}}
-spec:
-  ports: [{{name: http, port: 80, targetPort: {inbound}}}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {{name: web, namespace: demo}}
-subsets:
-- addresses: [{{ip: {SERVER_IP}}}]
-  ports: [{{name: http, port: {inbound}}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: web-0, namespace: demo, labels: {{revmesh.io/rev: pair}}}}
-spec: {{serviceAccountName: web}}
-status: {{podIP: {SERVER_IP}}}
-""")
+        f.write(web_service(SERVER_IP, inbound, revision="pair"))
     tokens = {"client": os.urandom(16).hex(), "web": os.urandom(16).hex()}
     with open(os.path.join(work, "pair-tokens"), "w") as f:
         f.write("".join(f"{t} demo/{sa}\n" for sa, t in tokens.items()))
