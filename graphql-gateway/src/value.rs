@@ -231,6 +231,34 @@ pub fn write_json(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
+/// A repeated key keeps its first place and its last value, as serde_json's
+/// map does. Small objects are checked pairwise; large ones with a hash set,
+/// so a subgraph answer with a huge object cannot make parsing quadratic.
+fn without_repeated_keys(fields: Vec<(CompactString, Value)>) -> Object {
+    const PAIRWISE: usize = 16;
+    let repeated = if fields.len() <= PAIRWISE {
+        fields.iter().enumerate().any(|(i, (k, _))| fields[..i].iter().any(|(earlier, _)| earlier == k))
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(fields.len());
+        !fields.iter().all(|(k, _)| seen.insert(k.as_str()))
+    };
+    if !repeated {
+        return Object(fields);
+    }
+    let mut at: std::collections::HashMap<CompactString, usize> = std::collections::HashMap::with_capacity(fields.len());
+    let mut out: Vec<(CompactString, Value)> = Vec::with_capacity(fields.len());
+    for (k, v) in fields {
+        match at.get(&k) {
+            Some(i) => out[*i].1 = v,
+            None => {
+                at.insert(k.clone(), out.len());
+                out.push((k, v));
+            }
+        }
+    }
+    Object(out)
+}
+
 struct ValueVisitor;
 
 impl<'de> Visitor<'de> for ValueVisitor {
@@ -275,12 +303,11 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut object = Object(Vec::with_capacity(map.size_hint().unwrap_or(4)));
+        let mut fields: Vec<(CompactString, Value)> = Vec::with_capacity(map.size_hint().unwrap_or(4));
         while let Some(key) = map.next_key::<KeyText>()? {
-            let value = map.next_value()?;
-            object.insert(key.0, value);
+            fields.push((key.0, map.next_value()?));
         }
-        Ok(Value::Object(object))
+        Ok(Value::Object(without_repeated_keys(fields)))
     }
 }
 
@@ -335,6 +362,20 @@ mod tests {
         );
         // Through serde_json's map the order is lost, the content is not.
         assert_eq!(serde_json::Value::from(Value::from(j.clone())), j);
+    }
+
+    #[test]
+    fn a_large_object_with_a_repeated_key_keeps_the_last_value() {
+        let mut text = String::from("{");
+        for i in 0..100 {
+            text.push_str(&format!("\"k{i}\":{i},"));
+        }
+        text.push_str("\"k7\":\"last\"}");
+        let v: Value = serde_json::from_str(&text).expect("parses");
+        let o = v.as_object().expect("object");
+        assert_eq!(o.len(), 100);
+        assert_eq!(o.get("k7").and_then(Value::as_str), Some("last"));
+        assert_eq!(o.iter().nth(7).map(|(k, _)| k), Some("k7"), "the first place is kept");
     }
 
     #[test]
