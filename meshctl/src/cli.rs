@@ -94,10 +94,9 @@ pub enum UpgradeCommand {
     Finish(StepArgs),
 }
 
+/// Which upgrade: shared by `plan` and `start`.
 #[derive(Debug, Args)]
-pub struct PlanArgs {
-    #[command(flatten)]
-    pub file: RolloutsFile,
+pub struct MoveArgs {
     /// The version to move to.
     #[arg(long)]
     pub to: String,
@@ -107,6 +106,14 @@ pub struct PlanArgs {
     /// Percentages on the new version, ending at 100.
     #[arg(long, default_value = "1,10,50,100")]
     pub steps: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub file: RolloutsFile,
+    #[command(flatten)]
+    pub change: MoveArgs,
     /// Count moves over this list of `namespace/workload` keys instead of the cluster.
     #[arg(long)]
     pub workloads: Option<PathBuf>,
@@ -118,12 +125,8 @@ pub struct PlanArgs {
 pub struct StartArgs {
     #[command(flatten)]
     pub file: RolloutsFile,
-    #[arg(long)]
-    pub to: String,
-    #[arg(long)]
-    pub from: Option<String>,
-    #[arg(long, default_value = "1,10,50,100")]
-    pub steps: String,
+    #[command(flatten)]
+    pub change: MoveArgs,
     /// Commit the change (otherwise it is left in the working tree to review).
     #[arg(long)]
     pub commit: bool,

@@ -101,9 +101,9 @@ async fn wait_for_webhook_sync(cluster: &Cluster, r: &Rollouts, path: &Path, tim
 
 pub fn plan(args: &PlanArgs, output: Output) -> Result<ExitCode> {
     let (_, r) = load(&args.file.rollouts)?;
-    let steps = plan::parse_steps(&args.steps)?;
-    let to = r.version(&args.to).map(|(v, _)| v.clone()).ok_or_else(|| plan::UpgradeError::UnknownVersion { version: args.to.clone(), known: r.versions.keys().map(|v| v.to_string()).collect() })?;
-    let from = plan::source_version(&r, &to, args.from.as_deref())?;
+    let steps = plan::parse_steps(&args.change.steps)?;
+    let to = r.version(&args.change.to).map(|(v, _)| v.clone()).ok_or_else(|| plan::UpgradeError::UnknownVersion { version: args.change.to.clone(), known: r.versions.keys().map(|v| v.to_string()).collect() })?;
+    let from = plan::source_version(&r, &to, args.change.from.as_deref())?;
     let inventory: Inventory = match &args.workloads {
         Some(file) => plan::inventory_from_keys(&read_input(file)?),
         None => block_on(async { connect(&args.cluster).await?.inventory().await })??,
@@ -138,20 +138,20 @@ pub fn plan(args: &PlanArgs, output: Output) -> Result<ExitCode> {
             println!("  rules[{}] (line {}) {}: {} -> {}", rule["rule"], rule["line"], rule["namespaces"], rule["before"], rule["after"]);
         }
     }
-    println!("start with: meshctl upgrade start --to {to} --steps {}", args.steps);
+    println!("start with: meshctl upgrade start --to {to} --steps {}", args.change.steps);
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn start(args: &StartArgs, output: Output) -> Result<ExitCode> {
     let (text, r) = load(&args.file.rollouts)?;
-    let steps = plan::parse_steps(&args.steps)?;
-    let edit = plan::start(&r, &args.to, args.from.as_deref(), steps)?;
+    let steps = plan::parse_steps(&args.change.steps)?;
+    let edit = plan::start(&r, &args.change.to, args.change.from.as_deref(), steps)?;
     let repo = Repo::of(&args.file.rollouts)?;
     repo.ensure_clean()?;
     let next = plan::with_edit(&r, &edit);
     let moves = block_on(async {
         let cluster = connect(&args.cluster).await?;
-        upgrade_prechecks(&cluster, &r, &args.to).await?;
+        upgrade_prechecks(&cluster, &r, &args.change.to).await?;
         Ok::<_, anyhow::Error>(plan::moves(&r, &next, &cluster.inventory().await?))
     })??;
     if output == Output::Text {
