@@ -40,6 +40,20 @@ status: {{podIP: {ip}}}
     return text
 
 
+def envoy_h2_cluster(name, address, port):
+    """An Envoy static cluster speaking HTTP/2 to one address, as YAML at the
+    indent of a `clusters:` list item (append a transport_socket for TLS)."""
+    return f"""  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {address}, port_value: {port}}}}}}}}}]}}]}}
+"""
+
+
 def cpu_seconds(pid):
     """User + system CPU time of a process, in seconds."""
     with open(f"/proc/{pid}/stat") as f:

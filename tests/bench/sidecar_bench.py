@@ -10,7 +10,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import Processes, cpu_seconds, free_port, rss_mb, web_service
+from benchlib import Processes, cpu_seconds, envoy_h2_cluster, free_port, rss_mb, web_service
 import sidecar_pair
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
@@ -114,17 +114,7 @@ dynamic_resources:
   lds_config: {{ads: {{}}, resource_api_version: V3}}
 static_resources:
   clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
-""")
+{envoy_h2_cluster("xds", "127.0.0.1", xds)}""")
         envoy = start(["envoy", "-c", bootstrap, "--concurrency", "1", "-l", "warning", "--base-id", str(free_port())], "envoy", 0)
 
         haproxy_port = free_port()

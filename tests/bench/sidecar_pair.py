@@ -19,7 +19,7 @@ import os
 import subprocess
 import time
 
-from benchlib import free_port, web_service
+from benchlib import envoy_h2_cluster, free_port, web_service
 
 SERVER_IP = "127.0.0.2"
 TRUST = "cluster.local"
@@ -112,15 +112,7 @@ static_resources:
           http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
           route_config: {{virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: web}}}}]}}]}}
   clusters:
-  - name: web
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment: {{cluster_name: web, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {SERVER_IP}, port_value: {server_port}}}}}}}}}]}}]}}
-    transport_socket:
+{envoy_h2_cluster("web", SERVER_IP, server_port)}    transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
