@@ -237,12 +237,7 @@ fn restart(meshctl: &Meshctl, cluster: &mut Cluster, keys: &[String], expected_r
 
 #[test]
 fn canary_upgrade_and_exact_rollback_on_the_real_api_server() -> Result<()> {
-    let mut cluster = Cluster::start()?;
-    let result = scenario(&mut cluster);
-    if result.is_err() {
-        eprintln!("{}", cluster.diagnostics());
-    }
-    result
+    Cluster::run(scenario)
 }
 
 fn scenario(cluster: &mut Cluster) -> Result<()> {

@@ -119,12 +119,7 @@ fn assert_not_injected(pod: &PodView) -> Result<()> {
 
 #[test]
 fn webhook_injects_pods_created_by_a_real_apiserver() -> Result<()> {
-    let mut cluster = Cluster::start()?;
-    let result = scenario(&mut cluster);
-    if result.is_err() {
-        eprintln!("{}", cluster.diagnostics());
-    }
-    result
+    Cluster::run(scenario)
 }
 
 fn scenario(cluster: &mut Cluster) -> Result<()> {

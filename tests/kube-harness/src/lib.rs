@@ -348,6 +348,17 @@ impl Cluster {
         })
     }
 
+    /// Starts a cluster and runs `scenario` on it; on failure the
+    /// components' logs are printed before the error is returned.
+    pub fn run<T>(scenario: impl FnOnce(&mut Cluster) -> Result<T>) -> Result<T> {
+        let mut cluster = Cluster::start()?;
+        let result = scenario(&mut cluster);
+        if result.is_err() {
+            eprintln!("{}", cluster.diagnostics());
+        }
+        result
+    }
+
     /// Logs of every component, for failure messages.
     pub fn diagnostics(&self) -> String {
         [Some(&self.etcd), self.apiserver.as_ref(), Some(&self.controller_manager)]
