@@ -248,8 +248,8 @@ struct EntityPart {
     /// Representations, deduplicated, as JSON texts.
     representations: Vec<Vec<u8>>,
     seen: HashMap<Vec<u8>, usize>,
-    /// (fetch id, path, for each object met at the path: its representation).
-    users: Vec<(usize, Vec<String>, Vec<Option<usize>>)>,
+    /// (path, for each object met at the path: its representation).
+    users: Vec<(Vec<String>, Vec<Option<usize>>)>,
 }
 
 /// One HTTP request to one subgraph: a root fetch, or the entity fetches of
@@ -342,7 +342,7 @@ fn wave_requests<'p>(
                     slots.push(Some(index));
                 }
                 if slots.iter().any(Option::is_some) {
-                    part.users.push((fetch.id, path.clone(), slots));
+                    part.users.push((path.clone(), slots));
                     request.fetches.push(fetch.id);
                 }
             }
@@ -412,7 +412,7 @@ fn entities_body(parts: &[EntityPart]) -> Vec<u8> {
 /// An entity wanted by several objects is copied; its last use takes it.
 fn place_entities(data: &mut Value, part: &EntityPart, entities: Vec<Value>) {
     let mut uses = vec![0usize; entities.len()];
-    for (_, _, slots) in &part.users {
+    for (_, slots) in &part.users {
         for index in slots.iter().flatten() {
             if let Some(u) = uses.get_mut(*index) {
                 *u += 1;
@@ -420,7 +420,7 @@ fn place_entities(data: &mut Value, part: &EntityPart, entities: Vec<Value>) {
         }
     }
     let mut entities: Vec<Option<Value>> = entities.into_iter().map(Some).collect();
-    for (_, path, slots) in &part.users {
+    for (path, slots) in &part.users {
         let mut at = 0;
         visit_mut(data, path, &mut |object| {
             if let Some(Some(index)) = slots.get(at) {
@@ -590,16 +590,16 @@ mod tests {
             json!([{"__typename": "Product", "upc": "1"}, {"__typename": "Product", "upc": "2"}])
         );
         assert_eq!(
-            inventory.parts[0].users[0].2,
+            inventory.parts[0].users[0].1,
             vec![Some(0), Some(1), Some(0)]
         );
-        assert_eq!(inventory.parts[0].users[1].2, vec![Some(1)]);
+        assert_eq!(inventory.parts[0].users[1].1, vec![Some(1)]);
         // An object without its key gets no representation.
         assert_eq!(
             body["variables"]["r1"],
             json!([{"__typename": "Product", "upc": "3"}])
         );
-        assert_eq!(inventory.parts[1].users[0].2, vec![Some(0), None]);
+        assert_eq!(inventory.parts[1].users[0].1, vec![Some(0), None]);
 
         // Answers go back where they were asked for, shared ones copied.
         let mut merged = data.clone();
