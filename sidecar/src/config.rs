@@ -315,8 +315,20 @@ impl VirtualHost {
     }
 }
 
+/// A request's headers as routing reads them, whichever form holds them.
+pub trait RequestHeaders {
+    /// The first value of the header `name` (any case), if it is visible ASCII.
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+impl RequestHeaders for hyper::HeaderMap {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
 impl RouteRule {
-    fn matches(&self, path: &str, headers: &hyper::HeaderMap) -> bool {
+    fn matches(&self, path: &str, headers: &dyn RequestHeaders) -> bool {
         let path_only = path.split('?').next().unwrap_or(path);
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => path_only.starts_with(p.as_str()),
@@ -326,7 +338,7 @@ impl RouteRule {
         };
         path_ok
             && self.headers.iter().all(|h| {
-                let value = headers.get(&h.name).and_then(|v| v.to_str().ok());
+                let value = headers.header(&h.name);
                 match (&h.value, value) {
                     (HeaderValueMatch::Present, v) => v.is_some(),
                     (HeaderValueMatch::Exact(e), Some(v)) => v == e,
@@ -339,7 +351,7 @@ impl RouteRule {
 
 impl ProxyConfig {
     /// The route for a request, by host, then path and headers in order.
-    pub fn route(&self, host: &str, path: &str, headers: &hyper::HeaderMap) -> Option<&RouteRule> {
+    pub fn route(&self, host: &str, path: &str, headers: &dyn RequestHeaders) -> Option<&RouteRule> {
         let host = normalise_host(host);
         let vh = self.virtual_hosts.iter().find(|v| v.matches(&host))?;
         vh.routes.iter().find(|r| r.matches(path, headers))

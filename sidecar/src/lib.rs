@@ -13,6 +13,8 @@
 pub mod admin;
 pub mod capture;
 pub mod config;
+pub mod h1_forward;
+pub mod http1;
 pub mod inbound;
 pub mod lb;
 pub mod metrics;

@@ -30,11 +30,11 @@ pub const DETECT_TIMEOUT: Duration = Duration::from_millis(100);
 /// Metric labels of traffic outside the mesh's services, as Istio names them.
 /// Never the destination itself: label values must not grow with what apps
 /// (or the Host headers they send) happen to contact.
-const PASSTHROUGH: &str = "PassthroughCluster";
-const BLACKHOLE: &str = "BlackHoleCluster";
+pub(crate) const PASSTHROUGH: &str = "PassthroughCluster";
+pub(crate) const BLACKHOLE: &str = "BlackHoleCluster";
 
 /// Largest request body buffered so that it can be retried.
-const RETRY_BUFFER: usize = 64 * 1024;
+pub(crate) const RETRY_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -191,7 +191,22 @@ pub struct Outbound {
     http2: Client<HttpConnector, Body>,
     /// One multiplexed HTTP/2-over-mTLS connection per meshed endpoint.
     mesh_connections: std::sync::Mutex<std::collections::HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Body>>>,
-    handles: crate::metrics::HandleCache,
+    pub(crate) handles: crate::metrics::HandleCache,
+    /// Idle connections of the HTTP/1 fast path.
+    pub(crate) h1_pool: crate::h1_forward::UpstreamPool,
+}
+
+/// A reply the proxy makes itself (no route, no healthy upstream, …).
+#[derive(Debug)]
+pub struct LocalReply {
+    pub status: StatusCode,
+    pub text: String,
+}
+
+impl LocalReply {
+    pub fn new(status: StatusCode, text: impl Into<String>) -> Self {
+        LocalReply { status, text: text.into() }
+    }
 }
 
 pub fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Body> {
@@ -207,7 +222,7 @@ impl Outbound {
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
-        Outbound { config, balancers: Balancers::default(), metrics, captured, workload, revision, drain, mesh, http1, http2, mesh_connections: Default::default(), handles: Default::default() }
+        Outbound { config, balancers: Balancers::default(), metrics, captured, workload, revision, drain, mesh, http1, http2, mesh_connections: Default::default(), handles: Default::default(), h1_pool: Default::default() }
     }
 
     /// Accepts until the task is stopped (after the drain).
@@ -232,11 +247,17 @@ impl Outbound {
         };
         match detect(&tcp).await {
             Protocol::Opaque => self.tcp_proxy(tcp, destination).await,
-            protocol => self.serve_http(tcp, destination, protocol).await,
+            Protocol::Http1 => self.serve_http1(tcp, destination).await,
+            Protocol::Http2 => self.serve_http(tcp, destination, Protocol::Http2).await,
         }
     }
 
-    async fn serve_http(self: &Arc<Self>, tcp: TcpStream, destination: SocketAddr, protocol: Protocol) {
+    /// Serves HTTP with hyper: HTTP/2 from the app, and HTTP/1 connections
+    /// the fast path (`serve_http1`) hands over.
+    pub(crate) async fn serve_http<T>(self: &Arc<Self>, tcp: T, destination: SocketAddr, protocol: Protocol)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let this = Arc::clone(self);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = Arc::clone(&this);
@@ -261,7 +282,7 @@ impl Outbound {
         }
     }
 
-    fn request_labels(&self, service: &str, code: u16) -> RequestLabels {
+    pub(crate) fn request_labels(&self, service: &str, code: u16) -> RequestLabels {
         RequestLabels {
             reporter: "source",
             source_workload: self.workload.clone(),
@@ -343,16 +364,14 @@ impl Outbound {
 
     /// Sends the request to the cluster, retrying per the route's policy.
     async fn forward(&self, req: Request<Incoming>, route: &RouteRule, cluster: &ClusterConfig, host: &str, path: &str) -> Response<Body> {
-        let state = self.balancers.cluster(&cluster.name);
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // The app's Host goes upstream, whatever the protocol on either side.
         if let Ok(h) = hyper::header::HeaderValue::from_str(host) {
             parts.headers.insert(hyper::header::HOST, h);
         }
-        let max_attempts = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
         // A body can be replayed only if it was kept.
-        let (buffered, mut streaming) = if max_attempts > 1 {
+        let (buffered, mut streaming) = if route.retry.as_ref().is_some_and(|r| r.attempts > 0) {
             match Limited::new(body, RETRY_BUFFER).collect().await {
                 Ok(b) => (Some(b.to_bytes()), None),
                 Err(_) => return text_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large to retry\n"),
@@ -360,54 +379,74 @@ impl Outbound {
         } else {
             (None, Some(body))
         };
-        let hash_key = parts.headers.get("x-revmesh-hash-key").map_or(0, |v| xxhash(v.as_bytes()));
+        let hash_key = parts.headers.get("x-revmesh-hash-key").map_or(0, |v| hash_key(v.as_bytes()));
+        let sent = self.attempts(route, cluster, hash_key, |endpoint, last| {
+            let meshed = cluster.mtls.get(&endpoint).zip(self.mesh.as_ref());
+            let mut upstream_parts = if last { std::mem::replace(&mut parts, Request::new(()).into_parts().0) } else { parts.clone() };
+            // To a peer proxy the app's host travels as :authority.
+            let authority = if meshed.is_some() { host.to_string() } else { endpoint.to_string() };
+            upstream_parts.uri = format!("http://{authority}{path}").parse().map_err(|_| LocalReply::new(StatusCode::BAD_REQUEST, "bad request path\n"))?;
+            upstream_parts.version = if cluster.http2 || meshed.is_some() { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
+            let body: Body = match (&buffered, streaming.take()) {
+                (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed_unsync(),
+                (None, Some(s)) => s.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                (None, None) => return Err(LocalReply::new(StatusCode::BAD_GATEWAY, "request body already sent\n")),
+            };
+            let upstream = Request::from_parts(upstream_parts, body);
+            Ok(async move {
+                let response = match meshed {
+                    Some((identity, mesh)) => {
+                        let mut sender = self.mesh_sender(mesh, endpoint, identity, cluster.connect_timeout).await?;
+                        sender.send_request(upstream).await.map_err(|e| e.to_string())?
+                    }
+                    None => self.client(cluster.http2).request(upstream).await.map_err(|e| e.to_string())?,
+                };
+                let code = response.status().as_u16();
+                Ok((response, code))
+            })
+        });
+        match sent.await {
+            Ok(r) => r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+            Err(local) => text_response(local.status, local.text),
+        }
+    }
+
+    /// Runs attempts of one request on the cluster's endpoints: picks each
+    /// endpoint, applies the route's timeout, records outcomes for outlier
+    /// detection, and retries per the route's policy within the retry budget.
+    /// `send(endpoint, last)` prepares an attempt (`last`: no retry follows,
+    /// so the request may be moved rather than copied); its future gives the
+    /// upstream's answer and status code, or why there was none. An answer
+    /// that is retried is dropped.
+    pub(crate) async fn attempts<R, F, Fut>(&self, route: &RouteRule, cluster: &ClusterConfig, hash_key: u64, mut send: F) -> Result<R, LocalReply>
+    where
+        F: FnMut(SocketAddr, bool) -> Result<Fut, LocalReply>,
+        Fut: std::future::Future<Output = Result<(R, u16), String>>,
+    {
+        let state = self.balancers.cluster(&cluster.name);
+        let max_attempts = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
             let Some(endpoint) = state.pick(&cluster.endpoints, cluster.lb, hash_key, &tried, Instant::now()) else {
-                return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("no healthy upstream in {}\n", cluster.name));
+                return Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, format!("no healthy upstream in {}\n", cluster.name)));
             };
             tried.push(endpoint);
-            let meshed = cluster.mtls.get(&endpoint).zip(self.mesh.as_ref());
-            let mut upstream_parts = if attempt < max_attempts { parts.clone() } else { std::mem::replace(&mut parts, Request::new(()).into_parts().0) };
-            // To a peer proxy the app's host travels as :authority.
-            let authority = if meshed.is_some() { host.to_string() } else { endpoint.to_string() };
-            upstream_parts.uri = match format!("http://{authority}{path}").parse() {
-                Ok(u) => u,
-                Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request path\n"),
-            };
-            upstream_parts.version = if cluster.http2 || meshed.is_some() { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
-            let body: Body = match (&buffered, streaming.take()) {
-                (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed_unsync(),
-                (None, Some(s)) => s.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-                (None, None) => return text_response(StatusCode::BAD_GATEWAY, "request body already sent\n"),
-            };
+            let sent = send(endpoint, attempt >= max_attempts)?;
             state.started(endpoint);
-            let upstream = Request::from_parts(upstream_parts, body);
-            let sent = async {
-                match meshed {
-                    Some((identity, mesh)) => {
-                        let mut sender = self.mesh_sender(mesh, endpoint, identity, cluster.connect_timeout).await?;
-                        sender.send_request(upstream).await.map_err(|e| e.to_string())
-                    }
-                    None => self.client(cluster.http2).request(upstream).await.map_err(|e| e.to_string()),
-                }
-            };
             let outcome = match route.timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| None).and_then(|r| r.map_err(Some)),
                 None => sent.await.map_err(Some),
             };
-            let (retriable, response) = match outcome {
-                Ok(r) => {
-                    let code = r.status().as_u16();
+            let (retriable, result) = match outcome {
+                Ok((answer, code)) => {
                     let retriable = route.retry.as_ref().is_some_and(|p| (p.on_5xx && code >= 500) || p.status_codes.contains(&code));
-                    let failed = code >= 500;
-                    if state.finished(endpoint, failed, cluster.endpoints.len(), Instant::now()) {
+                    if state.finished(endpoint, code >= 500, cluster.endpoints.len(), Instant::now()) {
                         self.metrics.ejections.inc();
                         tracing::warn!(%endpoint, cluster = %cluster.name, "endpoint ejected after consecutive failures");
                     }
-                    (retriable, r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+                    (retriable, Ok(answer))
                 }
                 Err(timeout_or_error) => {
                     if state.finished(endpoint, true, cluster.endpoints.len(), Instant::now()) {
@@ -415,14 +454,15 @@ impl Outbound {
                     }
                     let retriable = route.retry.as_ref().is_some_and(|p| p.on_connect_failure || p.on_5xx);
                     match timeout_or_error {
-                        None => (false, text_response(StatusCode::GATEWAY_TIMEOUT, format!("upstream {endpoint} timed out\n"))),
-                        Some(e) => (retriable, text_response(StatusCode::SERVICE_UNAVAILABLE, format!("upstream {endpoint}: {e}\n"))),
+                        None => (false, Err(LocalReply::new(StatusCode::GATEWAY_TIMEOUT, format!("upstream {endpoint} timed out\n")))),
+                        Some(e) => (retriable, Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, format!("upstream {endpoint}: {e}\n")))),
                     }
                 }
             };
             if !retriable || attempt >= max_attempts || !state.try_retry() {
-                return response;
+                return result;
             }
+            drop(result);
             self.metrics.retries.inc();
             if let Some(p) = &route.retry {
                 tokio::time::sleep(p.backoff.mul_f64(fastrand::f64() + 0.5)).await;
@@ -487,7 +527,8 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
 }
 
-fn xxhash(bytes: &[u8]) -> u64 {
+/// The ring-hash key of an `x-revmesh-hash-key` value.
+pub(crate) fn hash_key(bytes: &[u8]) -> u64 {
     // FNV-1a: enough to spread hash keys; not a security boundary.
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }

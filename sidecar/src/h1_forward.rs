@@ -1,0 +1,412 @@
+//! The outbound HTTP/1 fast path (heads and framing in [`crate::http1`]).
+//!
+//! One task per app connection reads a request, forwards it on a pooled
+//! plaintext connection to the chosen endpoint, and copies the answer back:
+//! no task, channel or `http` types per request, and usually one read and one
+//! write on each side. Routing, balancing, timeouts, retries, outlier
+//! detection and metrics are the general path's ([`Outbound::attempts`]).
+//!
+//! The general (hyper) path takes the connection over, with the bytes already
+//! read, at the first request the fast path does not handle: one routed to a
+//! meshed or HTTP/2 upstream, HTTP/1.0, upgrades, `Expect`, chunked uploads,
+//! or a body too large to keep for retries.
+
+use crate::config::{pick_weighted, ClusterConfig, RouteRule};
+use crate::http1::{self, ChunkedScanner, Framing, HeadError, HeadView, RequestHead, ResponseHead};
+use crate::proxy::{cluster_service, hash_key, LocalReply, Outbound, Protocol, BLACKHOLE, PASSTHROUGH, RETRY_BUFFER};
+use hyper::StatusCode;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Idle upstream connections older than this are not reused (servers close
+/// theirs after 5 s to 75 s; an old one is likelier to be closing).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+const READ_CHUNK: usize = 16 * 1024;
+/// Connect timeout of passthrough traffic (it has no cluster to say).
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Idle keep-alive connections to plaintext upstreams, newest last.
+#[derive(Default)]
+pub struct UpstreamPool {
+    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+}
+
+/// Whether an idle connection may still carry a request: it has nothing to
+/// read. Readable means the upstream closed it, reset it, or sent stray bytes.
+/// (No system call unless the runtime saw it become readable.)
+fn still_open(tcp: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+impl UpstreamPool {
+    fn take(&self, endpoint: SocketAddr) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(&endpoint)?;
+        while let Some((tcp, since)) = list.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && still_open(&tcp) {
+                return Some(tcp);
+            }
+        }
+        None
+    }
+
+    fn put(&self, endpoint: SocketAddr, tcp: TcpStream) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let list = idle.entry(endpoint).or_default();
+        // The oldest are the first to go: by age, then past the cap.
+        let now = Instant::now();
+        let stale = list.iter().take_while(|(_, since)| now.duration_since(*since) >= IDLE_TIMEOUT).count();
+        let over = (list.len() - stale + 1).saturating_sub(MAX_IDLE_PER_ENDPOINT);
+        list.drain(..stale + over);
+        list.push((tcp, now));
+    }
+}
+
+/// A connection handed to the general path, with the bytes the fast path
+/// read ahead replayed first.
+pub struct Prefixed<T> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Prefixed { prefix, at: 0, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An upstream's answer to one attempt: its head read, its body not yet.
+pub(crate) struct Answer {
+    endpoint: SocketAddr,
+    tcp: TcpStream,
+    buf: Vec<u8>,
+    head: ResponseHead,
+}
+
+/// What the app's connection does after an exchange.
+enum Next {
+    KeepGoing,
+    Close,
+    /// The request is for the general path; nothing of it was consumed.
+    Handoff,
+}
+
+/// Why an attempt got no answer, and whether it may be repeated on a fresh
+/// connection (a reused one that the upstream had closed).
+struct AttemptError {
+    message: String,
+    nothing_received: bool,
+}
+
+async fn read_more<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(READ_CHUNK);
+    }
+    io.read_buf(buf).await
+}
+
+/// Sends `request` and reads the response head (skipping 1xx informational
+/// answers, which the app did not ask for: it sent no `Expect`).
+async fn send_and_read_head(tcp: &mut TcpStream, request: &[u8], head_request: bool) -> Result<(Vec<u8>, ResponseHead), AttemptError> {
+    let failed = |message: String, nothing_received| AttemptError { message, nothing_received };
+    tcp.write_all(request).await.map_err(|e| failed(format!("sending the request: {e}"), true))?;
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    loop {
+        match http1::parse_response(&buf, head_request) {
+            Ok(Some(head)) if head.status == 101 => return Err(failed("switched protocols unasked".into(), false)),
+            Ok(Some(head)) if head.status < 200 => {
+                buf.drain(..head.head_len);
+                continue;
+            }
+            Ok(Some(head)) => return Ok((buf, head)),
+            Ok(None) => {}
+            Err(e) => return Err(failed(e.to_string(), false)),
+        }
+        match read_more(tcp, &mut buf).await {
+            Ok(0) => return Err(failed("connection closed before a response".into(), buf.is_empty())),
+            Ok(_) => {}
+            Err(e) => return Err(failed(format!("reading the response: {e}"), buf.is_empty())),
+        }
+    }
+}
+
+async fn connect(endpoint: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+    match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
+        }
+        Ok(Err(e)) => Err(format!("connect: {e}")),
+        Err(_) => Err(format!("connect: no answer within {timeout:?}")),
+    }
+}
+
+/// Copies exactly `left` body bytes from the upstream to the app.
+async fn copy_length(up: &mut TcpStream, app: &mut TcpStream, mut left: u64) -> io::Result<()> {
+    let mut chunk = vec![0u8; READ_CHUNK.min(usize::try_from(left).unwrap_or(READ_CHUNK))];
+    while left > 0 {
+        let want = chunk.len().min(usize::try_from(left).unwrap_or(chunk.len()));
+        let n = up.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the upstream closed mid-body"));
+        }
+        app.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Copies a chunked body from the upstream to the app until its end; true
+/// if the upstream sent nothing past it.
+async fn copy_chunked(up: &mut TcpStream, app: &mut TcpStream, mut scanner: ChunkedScanner) -> io::Result<bool> {
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let n = up.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the upstream closed mid-body"));
+        }
+        let end = scanner.scan(&chunk[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        app.write_all(&chunk[..end.unwrap_or(n)]).await?;
+        if let Some(end) = end {
+            return Ok(end == n);
+        }
+    }
+}
+
+impl Outbound {
+    /// Serves an app's HTTP/1 connection on the fast path, handing it to the
+    /// general path at the first request this path does not handle.
+    pub(crate) async fn serve_http1(self: &Arc<Self>, mut tcp: TcpStream, destination: SocketAddr) {
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        loop {
+            let head = loop {
+                match http1::parse_request(&buf) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) => {}
+                    Err(e) => return self.refuse(&mut tcp, &e).await,
+                }
+                match read_more(&mut tcp, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            };
+            let body_len = match head.framing {
+                _ if head.unsupported.is_some() => None,
+                Framing::Empty => Some(0),
+                Framing::Length(n) if n <= RETRY_BUFFER as u64 => Some(n as usize),
+                _ => None,
+            };
+            let Some(body_len) = body_len else {
+                tracing::trace!(reason = head.unsupported.unwrap_or("large or unframed body"), "HTTP/1 connection to the general path");
+                return self.handoff(buf, tcp, destination).await;
+            };
+            let request_len = head.head_len + body_len;
+            while buf.len() < request_len {
+                match read_more(&mut tcp, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+            match self.exchange(&mut tcp, &buf[..request_len], &head, destination).await {
+                Next::KeepGoing => {
+                    buf.drain(..request_len);
+                }
+                Next::Close => {
+                    let _ = tcp.shutdown().await;
+                    return;
+                }
+                Next::Handoff => return self.handoff(buf, tcp, destination).await,
+            }
+        }
+    }
+
+    async fn handoff(self: &Arc<Self>, read_ahead: Vec<u8>, tcp: TcpStream, destination: SocketAddr) {
+        self.serve_http(Prefixed::new(read_ahead, tcp), destination, Protocol::Http1).await
+    }
+
+    /// A head the proxy cannot read: say why, and close.
+    async fn refuse(&self, tcp: &mut TcpStream, error: &HeadError) {
+        let status = if *error == HeadError::TooLarge { 431 } else { 400 };
+        let mut out = Vec::new();
+        http1::write_local_response(&mut out, status, &format!("{error}\n"), true);
+        let _ = tcp.write_all(&out).await;
+        let _ = tcp.shutdown().await;
+    }
+
+    /// Routes one request (its head and whole body in `request`), forwards
+    /// it, relays the answer, and records its metrics.
+    async fn exchange(&self, app: &mut TcpStream, request: &[u8], head: &RequestHead, destination: SocketAddr) -> Next {
+        let started = Instant::now();
+        let host = head.host(request);
+        let config = self.config.borrow().clone();
+        let route = config.route(host, head.target(request), &HeadView { buf: request, head });
+        let cluster = route.map(|r| (r, pick_weighted(&r.clusters, fastrand::u64(..)).and_then(|name| config.clusters.get(name))));
+        let (answer, service) = match cluster {
+            Some((route, Some(cluster))) => {
+                if cluster.http2 || (self.mesh.is_some() && !cluster.mtls.is_empty()) {
+                    return Next::Handoff;
+                }
+                (self.forward_http1(request, head, route, cluster).await, cluster_service(&cluster.name))
+            }
+            Some((_, None)) => (Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no cluster for this route\n")), BLACKHOLE),
+            // No mesh route: pass through to where the app was going.
+            None if self.captured => {
+                let sent = self.attempt(destination, PASSTHROUGH_CONNECT_TIMEOUT, request, head).await;
+                (sent.map(|(a, _)| a).map_err(|e| LocalReply::new(StatusCode::BAD_GATEWAY, format!("upstream {destination}: {e}\n"))), PASSTHROUGH)
+            }
+            None => (Err(LocalReply::new(StatusCode::NOT_FOUND, format!("no route for host {host:?}\n"))), BLACKHOLE),
+        };
+        let close = head.close || self.drain.is_draining();
+        let (code, next) = match answer {
+            Ok(answer) => (answer.head.status, self.relay(app, answer, close).await),
+            Err(local) => {
+                let mut out = Vec::with_capacity(128 + local.text.len());
+                http1::write_local_response(&mut out, local.status.as_u16(), &local.text, close);
+                let written = app.write_all(&out).await;
+                (local.status.as_u16(), if close || written.is_err() { Next::Close } else { Next::KeepGoing })
+            }
+        };
+        let handles = self.handles.get(service, code, || self.request_labels(service, code), &self.metrics);
+        handles.count.inc();
+        handles.duration.observe(started.elapsed().as_secs_f64() * 1000.0);
+        next
+    }
+
+    async fn forward_http1(&self, request: &[u8], head: &RequestHead, route: &RouteRule, cluster: &ClusterConfig) -> Result<Answer, LocalReply> {
+        let hash = HeadView { buf: request, head }.header_bytes("x-revmesh-hash-key").map_or(0, hash_key);
+        self.attempts(route, cluster, hash, |endpoint, _| Ok(self.attempt(endpoint, cluster.connect_timeout, request, head))).await
+    }
+
+    /// One attempt on `endpoint`: a pooled connection if there is one, and a
+    /// fresh one if that turns out closed before answering an idempotent request.
+    async fn attempt(&self, endpoint: SocketAddr, connect_timeout: Duration, request: &[u8], head: &RequestHead) -> Result<(Answer, u16), String> {
+        let mut out = Vec::with_capacity(request.len() + 32);
+        http1::write_request_head(&mut out, request, head, head.host(request));
+        out.extend_from_slice(&request[head.head_len..]);
+        let head_request = head.method(request) == b"HEAD";
+        let mut pooled = self.h1_pool.take(endpoint);
+        loop {
+            let reused = pooled.is_some();
+            let mut tcp = match pooled.take() {
+                Some(tcp) => tcp,
+                None => connect(endpoint, connect_timeout).await?,
+            };
+            match send_and_read_head(&mut tcp, &out, head_request).await {
+                Ok((buf, response)) => {
+                    let status = response.status;
+                    return Ok((Answer { endpoint, tcp, buf, head: response }, status));
+                }
+                Err(e) if reused && e.nothing_received && head.idempotent(request) => {
+                    tracing::debug!(%endpoint, error = %e.message, "pooled connection closed; retrying on a new one");
+                }
+                Err(e) => return Err(e.message),
+            }
+        }
+    }
+
+    /// Writes the answer to the app: its head and the body as framed.
+    async fn relay(&self, app: &mut TcpStream, answer: Answer, close: bool) -> Next {
+        let Answer { endpoint, tcp: mut up, buf, head } = answer;
+        let close = close || head.framing == Framing::UntilClose;
+        let mut out = Vec::with_capacity(buf.len() + 32);
+        http1::write_response_head(&mut out, &buf, &head, close);
+        let arrived = &buf[head.head_len..];
+        let finished = match head.framing {
+            Framing::Empty => app.write_all(&out).await.map(|_| arrived.is_empty()),
+            Framing::Length(n) => {
+                let now = arrived.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                out.extend_from_slice(&arrived[..now]);
+                match app.write_all(&out).await {
+                    Ok(()) => copy_length(&mut up, app, n - now as u64).await.map(|_| now == arrived.len()),
+                    Err(e) => Err(e),
+                }
+            }
+            Framing::Chunked => {
+                let mut scanner = ChunkedScanner::default();
+                match scanner.scan(arrived) {
+                    Ok(Some(end)) => {
+                        out.extend_from_slice(&arrived[..end]);
+                        app.write_all(&out).await.map(|_| end == arrived.len())
+                    }
+                    Ok(None) => {
+                        out.extend_from_slice(arrived);
+                        match app.write_all(&out).await {
+                            Ok(()) => copy_chunked(&mut up, app, scanner).await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                }
+            }
+            Framing::UntilClose => {
+                out.extend_from_slice(arrived);
+                match app.write_all(&out).await {
+                    Ok(()) => tokio::io::copy(&mut up, app).await.map(|_| false),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match finished {
+            // Nothing read past the answer: the connection can serve another request.
+            Ok(clean) => {
+                if clean && head.reusable {
+                    self.h1_pool.put(endpoint, up);
+                }
+                if close {
+                    Next::Close
+                } else {
+                    Next::KeepGoing
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%endpoint, error = %e, "relaying a response failed; closing the app's connection");
+                Next::Close
+            }
+        }
+    }
+}

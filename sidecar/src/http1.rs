@@ -1,0 +1,534 @@
+//! HTTP/1.1 message heads and framing for the outbound fast path (pure: bytes
+//! in, decisions out; the I/O is in [`crate::h1_forward`]).
+//!
+//! The fast path forwards plain keep-alive HTTP/1.1 between an app and a
+//! plaintext HTTP/1 upstream without building `http` types: heads are parsed
+//! in place with `httparse`, rewritten into one buffer, and bodies are copied
+//! as they are framed. Whatever it does not handle ([`Unsupported`]) goes
+//! to the general hyper path, before any of the request is consumed.
+
+use std::ops::Range;
+
+/// Most headers a head may carry; more is refused as too large.
+pub const MAX_HEADERS: usize = 96;
+/// Largest request or response head accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Why a head could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("malformed HTTP/1 head: {0}")]
+    Malformed(String),
+    #[error("head larger than {MAX_HEAD} bytes or with more than {MAX_HEADERS} headers")]
+    TooLarge,
+    #[error("conflicting or invalid Content-Length")]
+    BadLength,
+}
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (requests without length; HEAD, 1xx, 204 and 304 responses).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// A response body that ends when the upstream closes.
+    UntilClose,
+}
+
+/// A request head parsed in place: ranges index the buffer it came from.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub head_len: usize,
+    pub method: Range<usize>,
+    pub target: Range<usize>,
+    /// HTTP/1.x minor version.
+    pub minor: u8,
+    pub headers: Vec<(Range<usize>, Range<usize>)>,
+    pub host: Option<Range<usize>>,
+    pub framing: Framing,
+    /// The client asked to close after this exchange.
+    pub close: bool,
+    /// Something only the general path handles; the reason.
+    pub unsupported: Option<&'static str>,
+}
+
+/// A response head parsed in place.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub head_len: usize,
+    pub status: u16,
+    pub minor: u8,
+    pub headers: Vec<(Range<usize>, Range<usize>)>,
+    pub framing: Framing,
+    /// The upstream connection can carry another request after this one.
+    pub reusable: bool,
+}
+
+/// A parsed request's headers, read from the buffer they were parsed from.
+pub struct HeadView<'a> {
+    pub buf: &'a [u8],
+    pub head: &'a RequestHead,
+}
+
+impl crate::config::RequestHeaders for HeadView<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        let value = self.header_bytes(name)?;
+        // As `HeaderValue::to_str`: visible ASCII (and tabs) only.
+        value.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b)).then(|| std::str::from_utf8(value).ok()).flatten()
+    }
+}
+
+impl HeadView<'_> {
+    /// The first value of the header `name` (any case), as bytes.
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.head.headers.iter().find(|(n, _)| self.buf[n.clone()].eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| &self.buf[v.clone()])
+    }
+}
+
+impl RequestHead {
+    pub fn method<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.method.clone()]
+    }
+
+    /// The path and query (the fast path takes origin-form targets only).
+    pub fn target<'a>(&self, buf: &'a [u8]) -> &'a str {
+        std::str::from_utf8(&buf[self.target.clone()]).unwrap_or("/")
+    }
+
+    /// The Host header; empty if absent or not visible ASCII.
+    pub fn host<'a>(&self, buf: &'a [u8]) -> &'a str {
+        self.host.clone().and_then(|h| std::str::from_utf8(&buf[h]).ok()).filter(|h| h.bytes().all(|b| (0x21..0x7f).contains(&b))).unwrap_or("")
+    }
+
+    /// Methods a client may repeat without changing their effect (RFC 9110 §9.2.2).
+    pub fn idempotent(&self, buf: &[u8]) -> bool {
+        matches!(self.method(buf), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
+    }
+}
+
+fn range_of(buf: &[u8], part: &[u8]) -> Range<usize> {
+    // httparse hands out subslices of `buf`; their offsets are the ranges.
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The last transfer coding is `chunked` (RFC 9112 §6.3: otherwise a request is invalid).
+fn ends_chunked(value: &[u8]) -> bool {
+    value.rsplit(|b| *b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+fn content_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// What the framing headers of a message say.
+#[derive(Default)]
+struct FramingHeaders {
+    length: Option<u64>,
+    transfer_encoding: Option<bool>,
+    connection_close: bool,
+    connection_keep_alive: bool,
+}
+
+impl FramingHeaders {
+    fn add(&mut self, name: &str, value: &[u8]) -> Result<(), HeadError> {
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = content_length(value).ok_or(HeadError::BadLength)?;
+            if self.length.is_some_and(|l| l != n) {
+                return Err(HeadError::BadLength);
+            }
+            self.length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Several fields form one list; what counts is the last coding.
+            self.transfer_encoding = Some(ends_chunked(value));
+        } else if name.eq_ignore_ascii_case("connection") {
+            self.connection_close |= has_token(value, "close");
+            self.connection_keep_alive |= has_token(value, "keep-alive");
+        }
+        Ok(())
+    }
+}
+
+/// Parses a request head from the start of `buf`; None while it is incomplete.
+pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+    };
+    if head_len > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Malformed("incomplete request line".into()));
+    };
+    let mut framing_headers = FramingHeaders::default();
+    let mut unsupported = None;
+    let mut host = None;
+    let mut ranges = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        framing_headers.add(h.name, h.value)?;
+        if h.name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Err(HeadError::Malformed("more than one Host header".into()));
+            }
+            host = Some(range_of(buf, h.value));
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            unsupported = Some("protocol upgrade");
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            unsupported = Some("Expect");
+        }
+        ranges.push((range_of(buf, h.name.as_bytes()), range_of(buf, h.value)));
+    }
+    let framing = match (framing_headers.transfer_encoding, framing_headers.length) {
+        (Some(_), Some(_)) => return Err(HeadError::Malformed("both Transfer-Encoding and Content-Length".into())),
+        (Some(true), None) => Framing::Chunked,
+        (Some(false), None) => return Err(HeadError::Malformed("a request's last transfer coding must be chunked".into())),
+        (None, Some(0)) | (None, None) => Framing::Empty,
+        (None, Some(n)) => Framing::Length(n),
+    };
+    if minor == 0 {
+        unsupported = Some("HTTP/1.0");
+    } else if method == "CONNECT" || !target.starts_with('/') {
+        unsupported = Some("CONNECT, or a target other than a path");
+    } else if framing == Framing::Chunked {
+        unsupported = unsupported.or(Some("chunked request body"));
+    }
+    Ok(Some(RequestHead {
+        head_len,
+        method: range_of(buf, method.as_bytes()),
+        target: range_of(buf, target.as_bytes()),
+        minor,
+        headers: ranges,
+        host,
+        framing,
+        close: framing_headers.connection_close,
+        unsupported,
+    }))
+}
+
+/// Parses a response head from the start of `buf`; None while it is incomplete.
+/// `head_request`: the request was HEAD, so no body follows whatever the headers say.
+pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut headers);
+    let head_len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+    };
+    let (Some(status), Some(minor)) = (res.code, res.version) else {
+        return Err(HeadError::Malformed("incomplete status line".into()));
+    };
+    let mut framing_headers = FramingHeaders::default();
+    let mut ranges = Vec::with_capacity(res.headers.len());
+    for h in res.headers.iter() {
+        framing_headers.add(h.name, h.value)?;
+        ranges.push((range_of(buf, h.name.as_bytes()), range_of(buf, h.value)));
+    }
+    let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (framing_headers.transfer_encoding, framing_headers.length) {
+            // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    let keep_alive = if minor == 0 { framing_headers.connection_keep_alive } else { !framing_headers.connection_close };
+    Ok(Some(ResponseHead { head_len, status, minor, headers: ranges, framing, reusable: keep_alive && framing != Framing::UntilClose }))
+}
+
+/// Headers that describe one hop and are not forwarded (RFC 9110 §7.6.1),
+/// besides those a `Connection` header names.
+fn hop_by_hop(name: &[u8]) -> bool {
+    ["connection", "keep-alive", "proxy-connection", "te", "upgrade", "trailer"].iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
+/// The names a message's `Connection` headers list (lowercase).
+fn connection_named<'a>(buf: &'a [u8], headers: &[(Range<usize>, Range<usize>)]) -> Vec<&'a [u8]> {
+    headers
+        .iter()
+        .filter(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(b"connection"))
+        .flat_map(|(_, v)| buf[v.clone()].split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn forwarded<'a>(buf: &'a [u8], headers: &'a [(Range<usize>, Range<usize>)]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    let named = connection_named(buf, headers);
+    headers.iter().map(move |(n, v)| (&buf[n.clone()], &buf[v.clone()])).filter(move |(n, _)| !hop_by_hop(n) && !named.iter().any(|c| c.eq_ignore_ascii_case(n)))
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the request head to send upstream: the same request line as
+/// HTTP/1.1, hop-by-hop headers dropped, and `host` as the Host header.
+pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, host: &str) {
+    out.extend_from_slice(&buf[head.method.clone()]);
+    out.push(b' ');
+    out.extend_from_slice(&buf[head.target.clone()]);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    put_header(out, b"host", host.as_bytes());
+    for (name, value) in forwarded(buf, &head.headers) {
+        if !name.eq_ignore_ascii_case(b"host") {
+            put_header(out, name, value);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the response head to send to the app: HTTP/1.1, hop-by-hop headers
+/// dropped (the framing headers stay: the body is copied as it was framed),
+/// and `Connection: close` when the app's connection ends after it.
+pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(head.status).as_slice());
+    out.push(b' ');
+    out.extend_from_slice(reason(head.status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in forwarded(buf, &head.headers) {
+        put_header(out, name, value);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A whole response made by the proxy itself (no route, upstream failed, …).
+pub fn write_local_response(out: &mut Vec<u8>, status: u16, text: &str, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(status).as_slice());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(text.len().to_string().as_bytes());
+    out.extend_from_slice(if close { b"\r\nconnection: close\r\n\r\n".as_slice() } else { b"\r\n\r\n".as_slice() });
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn itoa3(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
+}
+
+fn reason(status: u16) -> &'static str {
+    hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Unknown")
+}
+
+/// Finds where a chunked body ends, fed the bytes as they arrive (the bytes
+/// themselves are copied unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct ChunkedScanner {
+    state: ChunkState,
+    /// The chunk size read so far on a size line.
+    size: u64,
+    /// Whether the trailer line being read has any content.
+    trailer_line: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    /// A chunk extension, up to the line's end.
+    Extension,
+    SizeLf,
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailer,
+    TrailerLf,
+    Done,
+}
+
+impl ChunkedScanner {
+    /// How many of `bytes` belong to the body: Some(n) when the body ends
+    /// after the first n, None when all of them do and more is to come.
+    pub fn scan(&mut self, bytes: &[u8]) -> Result<Option<usize>, HeadError> {
+        let bad = |what: &str| HeadError::Malformed(format!("chunked body: {what}"));
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            self.state = match self.state {
+                ChunkState::Size => match (b as char).to_digit(16) {
+                    Some(d) => {
+                        self.size = self.size.checked_mul(16).and_then(|s| s.checked_add(u64::from(d))).ok_or_else(|| bad("chunk size overflows"))?;
+                        ChunkState::Size
+                    }
+                    None if b == b';' || b == b' ' || b == b'\t' => ChunkState::Extension,
+                    None if b == b'\r' => ChunkState::SizeLf,
+                    None => return Err(bad("invalid chunk size")),
+                },
+                ChunkState::Extension if b == b'\r' => ChunkState::SizeLf,
+                ChunkState::Extension => ChunkState::Extension,
+                ChunkState::SizeLf if b == b'\n' => match std::mem::take(&mut self.size) {
+                    0 => {
+                        self.trailer_line = false;
+                        ChunkState::Trailer
+                    }
+                    size => ChunkState::Data(size),
+                },
+                ChunkState::SizeLf => return Err(bad("missing LF after chunk size")),
+                ChunkState::Data(left) => {
+                    // Data is skipped whole, not byte by byte.
+                    let take = left.min((bytes.len() - i) as u64);
+                    i += take as usize;
+                    self.state = if take == left { ChunkState::DataCr } else { ChunkState::Data(left - take) };
+                    continue;
+                }
+                ChunkState::DataCr if b == b'\r' => ChunkState::DataLf,
+                ChunkState::DataLf if b == b'\n' => ChunkState::Size,
+                ChunkState::DataCr | ChunkState::DataLf => return Err(bad("missing CRLF after chunk data")),
+                ChunkState::Trailer if b == b'\r' => ChunkState::TrailerLf,
+                ChunkState::Trailer => {
+                    self.trailer_line = true;
+                    ChunkState::Trailer
+                }
+                // An empty line ends the trailers, and the body.
+                ChunkState::TrailerLf if b == b'\n' && !self.trailer_line => ChunkState::Done,
+                ChunkState::TrailerLf if b == b'\n' => {
+                    self.trailer_line = false;
+                    ChunkState::Trailer
+                }
+                ChunkState::TrailerLf => return Err(bad("missing LF in trailers")),
+                ChunkState::Done => return Ok(Some(i)),
+            };
+            i += 1;
+            if self.state == ChunkState::Done {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> RequestHead {
+        parse_request(text.as_bytes()).expect("parses").expect("complete")
+    }
+
+    #[test]
+    fn request_heads_and_their_framing() {
+        let text = "GET /a?b=1 HTTP/1.1\r\nHost: web.demo\r\nX-Y: z\r\n\r\nrest";
+        let head = request(text);
+        assert_eq!(head.head_len, text.len() - 4);
+        assert_eq!(&text[head.method.clone()], "GET");
+        assert_eq!(&text[head.target.clone()], "/a?b=1");
+        assert_eq!(head.host(text.as_bytes()), "web.demo");
+        assert_eq!((head.framing, head.close, head.unsupported), (Framing::Empty, false, None));
+        let view = HeadView { buf: text.as_bytes(), head: &head };
+        use crate::config::RequestHeaders;
+        assert_eq!((view.header("x-y"), view.header("X-Z")), (Some("z"), None));
+        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none(), "incomplete");
+
+        assert_eq!(request("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").framing, Framing::Length(12));
+        assert_eq!(request("POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n").framing, Framing::Empty);
+        assert!(request("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").close);
+        let chunked = request("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(chunked.framing, Framing::Chunked);
+        assert!(chunked.unsupported.is_some(), "chunked uploads take the general path");
+        for other in ["GET / HTTP/1.0\r\n\r\n", "CONNECT a:443 HTTP/1.1\r\n\r\n", "GET http://a/ HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"] {
+            assert!(request(other).unsupported.is_some(), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn bad_request_heads_are_refused_with_a_reason() {
+        for (bad, why) in [
+            ("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", HeadError::BadLength),
+            ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", HeadError::BadLength),
+            ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", HeadError::BadLength),
+        ] {
+            assert_eq!(parse_request(bad.as_bytes()).unwrap_err(), why, "{bad:?}");
+        }
+        for bad in ["GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"] {
+            assert!(matches!(parse_request(bad.as_bytes()), Err(HeadError::Malformed(_))), "{bad:?}");
+        }
+        let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert_eq!(parse_request(huge.as_bytes()).unwrap_err(), HeadError::TooLarge);
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: 1\r\n".repeat(MAX_HEADERS + 1));
+        assert_eq!(parse_request(many.as_bytes()).unwrap_err(), HeadError::TooLarge);
+    }
+
+    fn response(text: &str, head_request: bool) -> ResponseHead {
+        parse_response(text.as_bytes(), head_request).expect("parses").expect("complete")
+    }
+
+    #[test]
+    fn response_framing_and_reuse() {
+        let r = response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false);
+        assert_eq!((r.status, r.framing, r.reusable), (200, Framing::Length(5), true));
+        assert_eq!(response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).framing, Framing::Empty, "HEAD");
+        assert_eq!(response("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false).framing, Framing::Empty);
+        assert_eq!(response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", false).framing, Framing::Chunked);
+        let until_close = response("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!((until_close.framing, until_close.reusable), (Framing::UntilClose, false));
+        assert!(!response("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false).reusable);
+        assert!(!response("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false).reusable, "HTTP/1.0 closes by default");
+        assert!(response("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", false).reusable);
+        assert!(matches!(parse_response(b"HTTP/1.1 2x0 OK\r\n\r\n", false), Err(HeadError::Malformed(_))));
+    }
+
+    #[test]
+    fn heads_are_rewritten_without_hop_by_hop_headers() {
+        let text = "GET /p HTTP/1.1\r\nHost: Web.Demo\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nAccept: */*\r\n\r\n";
+        let mut out = Vec::new();
+        write_request_head(&mut out, text.as_bytes(), &request(text), "web.demo");
+        assert_eq!(String::from_utf8(out).unwrap(), "GET /p HTTP/1.1\r\nhost: web.demo\r\nAccept: */*\r\n\r\n");
+
+        let text = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 2\r\nUpgrade: h2c\r\n\r\nno";
+        let mut out = Vec::new();
+        write_response_head(&mut out, text.as_bytes(), &response(text, false), true);
+        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\nconnection: close\r\n\r\n");
+
+        let mut out = Vec::new();
+        write_local_response(&mut out, 404, "no route\n", false);
+        let parsed = response(std::str::from_utf8(&out).unwrap(), false);
+        assert_eq!((parsed.status, parsed.framing, parsed.reusable), (404, Framing::Length(9), true));
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_the_last_chunk_and_trailers_end() {
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-Sum: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        assert_eq!(ChunkedScanner::default().scan(body).unwrap(), Some(end));
+        // Fed a byte at a time, it ends at the same place.
+        let mut scanner = ChunkedScanner::default();
+        let ended = (0..body.len()).find_map(|i| scanner.scan(&body[i..=i]).unwrap().map(|n| i + n));
+        assert_eq!(ended, Some(end));
+        assert_eq!(ChunkedScanner::default().scan(b"0\r\n\r\n").unwrap(), Some(5));
+        assert_eq!(ChunkedScanner::default().scan(b"3\r\nab").unwrap(), None);
+        for bad in [&b"x\r\n"[..], b"3\r\nabcd\r\n", b"fffffffffffffffff\r\n"] {
+            assert!(ChunkedScanner::default().scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}
