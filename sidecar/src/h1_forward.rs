@@ -12,8 +12,11 @@
 //! or a body too large to keep for retries.
 
 use crate::config::{pick_weighted, ClusterConfig, RouteRule};
-use crate::http1::{self, ChunkedScanner, Framing, HeadError, HeadView, RequestHead, ResponseHead};
+use crate::http1::{self, BodyFraming, ChunkedScanner, Framing, HeadError, HeadView, RequestHead, ResponseHead};
 use crate::proxy::{cluster_service, hash_key, LocalReply, Outbound, Protocol, BLACKHOLE, PASSTHROUGH, RETRY_BUFFER};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Body as _;
 use hyper::StatusCode;
 use std::collections::HashMap;
 use std::io;
@@ -57,6 +60,27 @@ impl UpstreamPool {
             }
         }
         None
+    }
+
+    /// Sends `request` (a whole HTTP/1.1 request) to `endpoint` and reads
+    /// the answer's head: on a pooled connection if there is one, and on a
+    /// fresh one if that turns out closed before answering an idempotent request.
+    pub(crate) async fn exchange(&self, endpoint: SocketAddr, connect_timeout: Duration, request: &[u8], head_request: bool, idempotent: bool) -> Result<Answer, String> {
+        let mut pooled = self.take(endpoint);
+        loop {
+            let reused = pooled.is_some();
+            let mut tcp = match pooled.take() {
+                Some(tcp) => tcp,
+                None => connect(endpoint, connect_timeout).await?,
+            };
+            match send_and_read_head(&mut tcp, request, head_request).await {
+                Ok((buf, head)) => return Ok(Answer { endpoint, tcp, buf, head }),
+                Err(e) if reused && e.nothing_received && idempotent => {
+                    tracing::debug!(%endpoint, error = %e.message, "pooled connection closed; retrying on a new one");
+                }
+                Err(e) => return Err(e.message),
+            }
+        }
     }
 
     fn put(&self, endpoint: SocketAddr, tcp: TcpStream) {
@@ -125,7 +149,257 @@ pub(crate) struct Answer {
     endpoint: SocketAddr,
     tcp: TcpStream,
     buf: Vec<u8>,
-    head: ResponseHead,
+    pub(crate) head: ResponseHead,
+}
+
+impl Answer {
+    /// The answer as `http` types (for an HTTP/2 hop). A body that arrived
+    /// with the head is handed over whole; the rest streams from the
+    /// connection, which goes back to `pool` once its body has ended cleanly.
+    pub(crate) fn into_response(self, pool: &Arc<UpstreamPool>) -> hyper::Response<crate::proxy::Body> {
+        let Answer { endpoint, tcp, buf, head } = self;
+        let mut response = hyper::Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+        *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        *response.headers_mut() = http1::response_header_map(&buf, &head);
+        let arrived = buf.len() - head.head_len;
+        let give_back = |tcp| {
+            if head.reusable {
+                pool.put(endpoint, tcp);
+            }
+        };
+        let body = match head.framing {
+            Framing::Empty => {
+                if arrived == 0 {
+                    give_back(tcp);
+                }
+                return response;
+            }
+            Framing::Length(n) if arrived as u64 >= n => {
+                if arrived as u64 == n {
+                    give_back(tcp);
+                }
+                Full::new(Bytes::copy_from_slice(&buf[head.head_len..head.head_len + n as usize])).map_err(|never| match never {}).boxed_unsync()
+            }
+            framing => {
+                let state = match framing {
+                    Framing::Length(n) => BodyState::Length(n),
+                    Framing::Chunked => BodyState::Chunked(ChunkedScanner::default()),
+                    _ => BodyState::UntilClose,
+                };
+                let pending = Bytes::copy_from_slice(&buf[head.head_len..]);
+                let back = head.reusable.then(|| (Arc::clone(pool), endpoint));
+                UpstreamBody { tcp: Some(tcp), pending, state, back }.map_err(|e| Box::new(e) as crate::proxy::BoxError).boxed_unsync()
+            }
+        };
+        *response.body_mut() = body;
+        response
+    }
+}
+
+enum BodyState {
+    /// Bytes of the body still to come.
+    Length(u64),
+    Chunked(ChunkedScanner),
+    UntilClose,
+    Done,
+}
+
+/// A response body read from an upstream HTTP/1 connection as it arrives.
+struct UpstreamBody {
+    tcp: Option<TcpStream>,
+    /// Bytes read with the head, delivered first.
+    pending: Bytes,
+    state: BodyState,
+    /// Where the connection goes back when the body ends with nothing after it.
+    back: Option<(Arc<UpstreamPool>, SocketAddr)>,
+}
+
+impl UpstreamBody {
+    fn finish(&mut self, clean: bool) {
+        self.state = BodyState::Done;
+        if let (true, Some((pool, endpoint)), Some(tcp)) = (clean, self.back.take(), self.tcp.take()) {
+            pool.put(endpoint, tcp);
+        }
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            if matches!(this.state, BodyState::Done) {
+                return Poll::Ready(None);
+            }
+            let chunk = if this.pending.is_empty() {
+                let Some(tcp) = this.tcp.as_mut() else { return Poll::Ready(None) };
+                let mut space = vec![0u8; READ_CHUNK];
+                let mut read = ReadBuf::new(&mut space);
+                match Pin::new(tcp).poll_read(cx, &mut read) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let n = read.filled().len();
+                if n == 0 {
+                    if matches!(this.state, BodyState::UntilClose) {
+                        this.finish(false);
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the upstream closed mid-body"))));
+                }
+                space.truncate(n);
+                Bytes::from(space)
+            } else {
+                std::mem::take(&mut this.pending)
+            };
+            let data = match &mut this.state {
+                BodyState::Length(left) => {
+                    let take = chunk.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= take as u64;
+                    if *left == 0 {
+                        this.finish(take == chunk.len());
+                    }
+                    chunk.slice(..take)
+                }
+                BodyState::UntilClose => chunk,
+                BodyState::Chunked(scanner) => {
+                    let mut spans = Vec::new();
+                    let end = scanner.scan_data(&chunk, |r| spans.push(r)).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    let data = match spans.as_slice() {
+                        [] => Bytes::new(),
+                        [one] => chunk.slice(one.clone()),
+                        many => Bytes::from(many.iter().flat_map(|r| chunk[r.clone()].iter().copied()).collect::<Vec<u8>>()),
+                    };
+                    if let Some(end) = end {
+                        this.finish(end == chunk.len());
+                    }
+                    data
+                }
+                BodyState::Done => return Poll::Ready(None),
+            };
+            if !data.is_empty() {
+                return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Done)
+    }
+}
+
+/// An upstream's answer: from a plaintext HTTP/1 endpoint, or from a peer
+/// proxy over HTTP/2 inside mTLS.
+enum Reply {
+    Http1(Answer),
+    Http2(hyper::Response<hyper::body::Incoming>),
+}
+
+/// Sends the app's request (head and whole body in `request`) to a peer
+/// proxy as HTTP/2, the app's Host as its authority.
+async fn to_peer_proxy(mut sender: hyper::client::conn::http2::SendRequest<crate::proxy::Body>, request: &[u8], head: &RequestHead) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let host = head.host(request);
+    let uri = format!("http://{host}{}", head.target(request)).parse::<hyper::Uri>().map_err(|_| format!("no request URI from host {host:?} and path {:?}", head.target(request)))?;
+    let method = hyper::Method::from_bytes(head.method(request)).map_err(|_| "bad request method".to_string())?;
+    let body = &request[head.head_len..];
+    let body = if body.is_empty() { Empty::new().map_err(|never| match never {}).boxed_unsync() } else { Full::new(Bytes::copy_from_slice(body)).map_err(|never| match never {}).boxed_unsync() };
+    let mut upstream = hyper::Request::new(body);
+    *upstream.method_mut() = method;
+    *upstream.uri_mut() = uri;
+    *upstream.version_mut() = hyper::Version::HTTP_2;
+    *upstream.headers_mut() = http1::request_header_map(request, head);
+    sender.send_request(upstream).await.map_err(|e| e.to_string())
+}
+
+/// Writes a peer proxy's HTTP/2 answer to the app as HTTP/1.1. A body that
+/// is complete after its first frame goes with the head in one write, with
+/// its length; otherwise the peer's Content-Length is kept, or the body is
+/// chunked.
+async fn relay_http2(app: &mut TcpStream, response: hyper::Response<hyper::body::Incoming>, head_request: bool, close: bool) -> Next {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status.as_u16();
+    let mut out = Vec::with_capacity(2048);
+    if head_request || status < 200 || status == 204 || status == 304 {
+        http1::write_response_head_from(&mut out, status, &parts.headers, BodyFraming::None, close);
+        return finish_write(app, &out, close).await;
+    }
+    let (first, ended) = if body.is_end_stream() {
+        (Bytes::new(), true)
+    } else {
+        match next_data(&mut body).await {
+            Ok(Some(data)) => {
+                let ended = body.is_end_stream();
+                (data, ended)
+            }
+            Ok(None) => (Bytes::new(), true),
+            Err(()) => return Next::Close,
+        }
+    };
+    if ended {
+        http1::write_response_head_from(&mut out, status, &parts.headers, BodyFraming::Length(first.len() as u64), close);
+        out.extend_from_slice(&first);
+        return finish_write(app, &out, close).await;
+    }
+    let length = parts.headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let chunked = length.is_none();
+    http1::write_response_head_from(&mut out, status, &parts.headers, length.map_or(BodyFraming::Chunked, BodyFraming::Length), close);
+    let mut data = first;
+    loop {
+        if !data.is_empty() {
+            if chunked {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(&data);
+            }
+        }
+        if body.is_end_stream() {
+            break;
+        }
+        if app.write_all(&out).await.is_err() {
+            return Next::Close;
+        }
+        out.clear();
+        data = match next_data(&mut body).await {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            // The peer reset the stream: the app sees the body cut short.
+            Err(()) => return Next::Close,
+        };
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    finish_write(app, &out, close).await
+}
+
+/// The next data of a body, skipping trailers; None at its end.
+async fn next_data(body: &mut hyper::body::Incoming) -> Result<Option<Bytes>, ()> {
+    loop {
+        match body.frame().await {
+            None => return Ok(None),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "a peer proxy's response body failed");
+                return Err(());
+            }
+        }
+    }
+}
+
+async fn finish_write(app: &mut TcpStream, out: &[u8], close: bool) -> Next {
+    match app.write_all(out).await {
+        Ok(()) if !close => Next::KeepGoing,
+        _ => Next::Close,
+    }
 }
 
 /// What the app's connection does after an exchange.
@@ -288,7 +562,10 @@ impl Outbound {
         let cluster = route.map(|r| (r, pick_weighted(&r.clusters, fastrand::u64(..)).and_then(|name| config.clusters.get(name))));
         let (answer, service) = match cluster {
             Some((route, Some(cluster))) => {
-                if cluster.http2 || (self.mesh.is_some() && !cluster.mtls.is_empty()) {
+                // Plaintext HTTP/2 upstreams are the general path's; meshed
+                // endpoints get HTTP/2 inside mTLS from either path.
+                let plaintext_endpoints = self.mesh.is_none() || cluster.mtls.len() < cluster.endpoints.len();
+                if cluster.http2 && plaintext_endpoints {
                     return Next::Handoff;
                 }
                 (self.forward_http1(request, head, route, cluster).await, cluster_service(&cluster.name))
@@ -297,13 +574,14 @@ impl Outbound {
             // No mesh route: pass through to where the app was going.
             None if self.captured => {
                 let sent = self.attempt(destination, PASSTHROUGH_CONNECT_TIMEOUT, request, head).await;
-                (sent.map(|(a, _)| a).map_err(|e| LocalReply::new(StatusCode::BAD_GATEWAY, format!("upstream {destination}: {e}\n"))), PASSTHROUGH)
+                (sent.map(|(a, _)| Reply::Http1(a)).map_err(|e| LocalReply::new(StatusCode::BAD_GATEWAY, format!("upstream {destination}: {e}\n"))), PASSTHROUGH)
             }
             None => (Err(LocalReply::new(StatusCode::NOT_FOUND, format!("no route for host {host:?}\n"))), BLACKHOLE),
         };
         let close = head.close || self.drain.is_draining();
         let (code, next) = match answer {
-            Ok(answer) => (answer.head.status, self.relay(app, answer, close).await),
+            Ok(Reply::Http1(answer)) => (answer.head.status, self.relay(app, answer, close).await),
+            Ok(Reply::Http2(response)) => (response.status().as_u16(), relay_http2(app, response, head.method(request) == b"HEAD", close).await),
             Err(local) => {
                 let mut out = Vec::with_capacity(128 + local.text.len());
                 http1::write_local_response(&mut out, local.status.as_u16(), &local.text, close);
@@ -317,36 +595,34 @@ impl Outbound {
         next
     }
 
-    async fn forward_http1(&self, request: &[u8], head: &RequestHead, route: &RouteRule, cluster: &ClusterConfig) -> Result<Answer, LocalReply> {
+    async fn forward_http1(&self, request: &[u8], head: &RequestHead, route: &RouteRule, cluster: &ClusterConfig) -> Result<Reply, LocalReply> {
         let hash = HeadView { buf: request, head }.header_bytes("x-revmesh-hash-key").map_or(0, hash_key);
-        self.attempts(route, cluster, hash, |endpoint, _| Ok(self.attempt(endpoint, cluster.connect_timeout, request, head))).await
+        self.attempts(route, cluster, hash, |endpoint, _| {
+            let meshed = cluster.mtls.get(&endpoint).zip(self.mesh.as_ref());
+            Ok(async move {
+                match meshed {
+                    Some((identity, mesh)) => {
+                        let sender = self.mesh_sender(mesh, endpoint, identity, cluster.connect_timeout).await?;
+                        let response = to_peer_proxy(sender, request, head).await?;
+                        let code = response.status().as_u16();
+                        Ok((Reply::Http2(response), code))
+                    }
+                    None => self.attempt(endpoint, cluster.connect_timeout, request, head).await.map(|(a, code)| (Reply::Http1(a), code)),
+                }
+            })
+        })
+        .await
     }
 
-    /// One attempt on `endpoint`: a pooled connection if there is one, and a
-    /// fresh one if that turns out closed before answering an idempotent request.
+    /// One attempt on `endpoint` with the request as the app sent it.
     async fn attempt(&self, endpoint: SocketAddr, connect_timeout: Duration, request: &[u8], head: &RequestHead) -> Result<(Answer, u16), String> {
         let mut out = Vec::with_capacity(request.len() + 32);
         http1::write_request_head(&mut out, request, head, head.host(request));
         out.extend_from_slice(&request[head.head_len..]);
         let head_request = head.method(request) == b"HEAD";
-        let mut pooled = self.h1_pool.take(endpoint);
-        loop {
-            let reused = pooled.is_some();
-            let mut tcp = match pooled.take() {
-                Some(tcp) => tcp,
-                None => connect(endpoint, connect_timeout).await?,
-            };
-            match send_and_read_head(&mut tcp, &out, head_request).await {
-                Ok((buf, response)) => {
-                    let status = response.status;
-                    return Ok((Answer { endpoint, tcp, buf, head: response }, status));
-                }
-                Err(e) if reused && e.nothing_received && head.idempotent(request) => {
-                    tracing::debug!(%endpoint, error = %e.message, "pooled connection closed; retrying on a new one");
-                }
-                Err(e) => return Err(e.message),
-            }
-        }
+        let answer = self.h1_pool.exchange(endpoint, connect_timeout, &out, head_request, head.idempotent(request)).await?;
+        let status = answer.head.status;
+        Ok((answer, status))
     }
 
     /// Writes the answer to the app: its head and the body as framed.

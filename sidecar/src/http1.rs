@@ -341,6 +341,96 @@ fn reason(status: u16) -> &'static str {
     hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Unknown")
 }
 
+/// The headers of a response for the `http` types (an HTTP/2 answer):
+/// without hop-by-hop and framing headers, except Content-Length.
+pub fn response_header_map(buf: &[u8], head: &ResponseHead) -> hyper::HeaderMap {
+    header_map(forwarded(buf, &head.headers), head.headers.len())
+}
+
+/// The headers of a request for the `http` types (to an HTTP/2 peer):
+/// without hop-by-hop and framing headers, and without Host (the
+/// authority carries it).
+pub fn request_header_map(buf: &[u8], head: &RequestHead) -> hyper::HeaderMap {
+    header_map(forwarded(buf, &head.headers).filter(|(n, _)| !n.eq_ignore_ascii_case(b"host")), head.headers.len())
+}
+
+fn header_map<'a>(headers: impl Iterator<Item = (&'a [u8], &'a [u8])>, size: usize) -> hyper::HeaderMap {
+    let mut map = hyper::HeaderMap::with_capacity(size);
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            continue;
+        }
+        // httparse has checked both; a name `http` still refuses (it wants
+        // lowercase tokens it can store) is dropped rather than failing the exchange.
+        if let (Ok(name), Ok(value)) = (hyper::header::HeaderName::from_bytes(name), hyper::header::HeaderValue::from_bytes(value)) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// The `http` headers to forward on an HTTP/1 hop: hop-by-hop ones and
+/// those a `Connection` header names are left out.
+fn forwarded_map(headers: &hyper::HeaderMap) -> impl Iterator<Item = (&hyper::header::HeaderName, &hyper::header::HeaderValue)> {
+    let named: Vec<&[u8]> = headers.get_all(hyper::header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()).collect();
+    headers.iter().filter(move |(n, _)| !hop_by_hop(n.as_str().as_bytes()) && !named.iter().any(|c| c.eq_ignore_ascii_case(n.as_str().as_bytes())))
+}
+
+/// Writes an HTTP/1.1 request head for a request that arrived as `http`
+/// types (over HTTP/2): `target` is its path and query, `host` its
+/// authority, and `extra` headers replace any of the same name.
+pub fn write_request_head_from(out: &mut Vec<u8>, method: &hyper::Method, target: &str, host: &str, headers: &hyper::HeaderMap, extra: &[(&str, &str)]) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    put_header(out, b"host", host.as_bytes());
+    for (name, value) in forwarded_map(headers) {
+        if name != hyper::header::HOST && !extra.iter().any(|(n, _)| name.as_str().eq_ignore_ascii_case(n)) {
+            put_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    for (name, value) in extra {
+        put_header(out, name.as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response body that arrived as `http` types is framed on HTTP/1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body follows (HEAD, 1xx, 204, 304): headers as they are.
+    None,
+    /// Content-Length: this many bytes.
+    Length(u64),
+    Chunked,
+}
+
+/// Writes an HTTP/1.1 response head for an answer that arrived as `http`
+/// types, with the framing headers `framing` needs.
+pub fn write_response_head_from(out: &mut Vec<u8>, status: u16, headers: &hyper::HeaderMap, framing: BodyFraming, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(status).as_slice());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in forwarded_map(headers) {
+        let framing_header = name == hyper::header::CONTENT_LENGTH || name == hyper::header::TRANSFER_ENCODING;
+        if !framing_header || framing == BodyFraming::None {
+            put_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    match framing {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => put_header(out, b"content-length", n.to_string().as_bytes()),
+        BodyFraming::Chunked => put_header(out, b"transfer-encoding", b"chunked"),
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Finds where a chunked body ends, fed the bytes as they arrive (the bytes
 /// themselves are copied unchanged).
 #[derive(Debug, Clone, Default)]
@@ -371,6 +461,12 @@ impl ChunkedScanner {
     /// How many of `bytes` belong to the body: Some(n) when the body ends
     /// after the first n, None when all of them do and more is to come.
     pub fn scan(&mut self, bytes: &[u8]) -> Result<Option<usize>, HeadError> {
+        self.scan_data(bytes, |_| {})
+    }
+
+    /// As [`scan`](Self::scan), and calls `data` with the range of each run
+    /// of chunk data in `bytes` (to decode the body, not only to delimit it).
+    pub fn scan_data(&mut self, bytes: &[u8], mut data: impl FnMut(Range<usize>)) -> Result<Option<usize>, HeadError> {
         let bad = |what: &str| HeadError::Malformed(format!("chunked body: {what}"));
         let mut i = 0;
         while i < bytes.len() {
@@ -398,6 +494,7 @@ impl ChunkedScanner {
                 ChunkState::Data(left) => {
                     // Data is skipped whole, not byte by byte.
                     let take = left.min((bytes.len() - i) as u64);
+                    data(i..i + take as usize);
                     i += take as usize;
                     self.state = if take == left { ChunkState::DataCr } else { ChunkState::Data(left - take) };
                     continue;
@@ -514,6 +611,51 @@ mod tests {
         write_local_response(&mut out, 404, "no route\n", false);
         let parsed = response(std::str::from_utf8(&out).unwrap(), false);
         assert_eq!((parsed.status, parsed.framing, parsed.reusable), (404, Framing::Length(9), true));
+    }
+
+    #[test]
+    fn heads_convert_to_and_from_http_types() {
+        let text = "GET /a HTTP/1.1\r\nHost: web\r\nConnection: x-trace\r\nX-Trace: 1\r\nAccept: */*\r\nAccept: text/plain\r\nTE: trailers\r\n\r\n";
+        let head = request(text);
+        let map = request_header_map(text.as_bytes(), &head);
+        assert_eq!(map.get_all("accept").iter().count(), 2);
+        assert!(map.get("host").is_none() && map.get("x-trace").is_none() && map.get("te").is_none() && map.get("connection").is_none());
+
+        let mut out = Vec::new();
+        let mut headers = map.clone();
+        headers.insert("x-revmesh-peer-identity", "forged".parse().unwrap());
+        write_request_head_from(&mut out, &hyper::Method::POST, "/q?x=1", "web.demo", &headers, &[("x-revmesh-peer-identity", "spiffe://t/ns/a/sa/b")]);
+        let sent = std::str::from_utf8(&out).unwrap();
+        assert!(sent.starts_with("POST /q?x=1 HTTP/1.1\r\nhost: web.demo\r\n") && sent.ends_with("\r\n\r\n"), "{sent}");
+        assert!(!sent.contains("forged") && sent.contains("x-revmesh-peer-identity: spiffe://t/ns/a/sa/b\r\n"), "{sent}");
+
+        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\n\r\nok";
+        let head = response(answer, false);
+        let map = response_header_map(answer.as_bytes(), &head);
+        assert_eq!((map.get("content-length").map(|v| v.as_bytes()), map.get("keep-alive"), map.get("x-a").is_some()), (Some(&b"2"[..]), None, true));
+
+        for (framing, expect) in [(BodyFraming::Chunked, "transfer-encoding: chunked\r\n"), (BodyFraming::Length(7), "content-length: 7\r\n")] {
+            let mut out = Vec::new();
+            write_response_head_from(&mut out, 200, &map, framing, false);
+            let written = std::str::from_utf8(&out).unwrap();
+            assert!(written.contains(expect) && written.matches("content-length").count() + written.matches("transfer-encoding").count() == 1, "{written}");
+        }
+    }
+
+    #[test]
+    fn chunked_data_is_decoded_across_reads() {
+        let body = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n";
+        for split in 1..body.len() {
+            let mut scanner = ChunkedScanner::default();
+            let mut decoded = Vec::new();
+            let mut end = None;
+            for part in [&body[..split], &body[split..]] {
+                if end.is_none() {
+                    end = scanner.scan_data(part, |r| decoded.extend_from_slice(&part[r])).unwrap();
+                }
+            }
+            assert_eq!((decoded.as_slice(), end.is_some()), (&b"hello world"[..], true), "split at {split}");
+        }
     }
 
     #[test]

@@ -12,12 +12,15 @@
 //! Istio does since 1.10, so apps bound to the pod IP or to 0.0.0.0 both work.
 //! The proxy's own uid keeps that connection out of the capture.
 
-use crate::metrics::{Metrics, RequestLabels, TcpLabels};
+use crate::h1_forward::UpstreamPool;
+use crate::http1;
+use crate::metrics::{HandleCache, Metrics, RequestLabels, TcpLabels};
 use crate::proxy::{accept_loop, original_destination, BoxError, Drain};
 use crate::tls::{client_hello_alpn, spiffe_id, Mesh, ALPN_HTTP, ALPN_TCP};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::body::Body as _;
+use hyper::{Method, Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -47,8 +50,15 @@ pub struct Inbound {
     pub drain: Arc<Drain>,
     /// Without capture there is no original destination: everything goes here.
     pub fixed_target: Option<SocketAddr>,
+    /// Requests with a body, streamed (hyper's HTTP/1 client).
     app: Client<HttpConnector, crate::proxy::Body>,
+    /// Requests without one (most): written whole on a pooled connection.
+    app_pool: Arc<UpstreamPool>,
+    handles: HandleCache,
 }
+
+/// How long connecting to the app may take.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the first bytes of an inbound connection are.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,9 +99,9 @@ impl Inbound {
     pub fn new(mesh: Option<Mesh>, mode: Mode, metrics: Arc<Metrics>, workload: String, revision: String, drain: Arc<Drain>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
         let app = Client::builder(TokioExecutor::new()).build(connector);
-        Inbound { mesh, mode, metrics, workload, revision, drain, fixed_target: None, app }
+        Inbound { mesh, mode, metrics, workload, revision, drain, fixed_target: None, app, app_pool: Default::default(), handles: Default::default() }
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
@@ -179,36 +189,56 @@ impl Inbound {
         let (mut parts, body) = req.into_parts();
         let host = parts.uri.authority().map(|a| a.to_string()).unwrap_or_else(|| destination.to_string());
         let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        parts.headers.remove(PEER_IDENTITY_HEADER);
+        let response = if body.is_end_stream() {
+            // No body: the request is one write, on the fast path's pool.
+            let mut out = Vec::with_capacity(512);
+            let identity_header = [(PEER_IDENTITY_HEADER, identity)];
+            let extra: &[(&str, &str)] = if identity.is_empty() { &[] } else { &identity_header };
+            http1::write_request_head_from(&mut out, &parts.method, &path, &host, &parts.headers, extra);
+            let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
+            match self.app_pool.exchange(destination, APP_CONNECT_TIMEOUT, &out, parts.method == Method::HEAD, idempotent).await {
+                Ok(answer) => answer.into_response(&self.app_pool),
+                Err(e) => crate::proxy::text_response(hyper::StatusCode::BAD_GATEWAY, format!("the app at {destination}: {e}\n")),
+            }
+        } else {
+            self.streamed_to_app(parts, body, destination, &host, &path, identity).await
+        };
+        let code = response.status().as_u16();
+        let labels = || RequestLabels {
+            reporter: "destination",
+            source_workload: String::new(),
+            source_principal: identity.to_string(),
+            destination_service: self.workload.clone(),
+            response_code: code,
+            revision: self.revision.clone(),
+        };
+        let handles = self.handles.get(identity, code, labels, &self.metrics);
+        handles.count.inc();
+        handles.duration.observe(started.elapsed().as_secs_f64() * 1000.0);
+        response
+    }
+
+    /// A request with a body, streamed to the app with hyper's client.
+    async fn streamed_to_app(&self, mut parts: hyper::http::request::Parts, body: Incoming, destination: SocketAddr, host: &str, path: &str, identity: &str) -> Response<crate::proxy::Body> {
         parts.uri = match format!("http://{destination}{path}").parse() {
             Ok(u) => u,
             Err(_) => return crate::proxy::text_response(hyper::StatusCode::BAD_REQUEST, "bad path\n"),
         };
         parts.version = hyper::Version::HTTP_11;
-        parts.headers.remove(PEER_IDENTITY_HEADER);
         if !identity.is_empty() {
             if let Ok(v) = hyper::header::HeaderValue::from_str(identity) {
                 parts.headers.insert(PEER_IDENTITY_HEADER, v);
             }
         }
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&host) {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(host) {
             parts.headers.insert(hyper::header::HOST, v);
         }
         let upstream = Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
-        let response = match self.app.request(upstream).await {
+        match self.app.request(upstream).await {
             Ok(r) => r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
             Err(e) => crate::proxy::text_response(hyper::StatusCode::BAD_GATEWAY, format!("the app at {destination}: {e}\n")),
-        };
-        let labels = RequestLabels {
-            reporter: "destination",
-            source_workload: String::new(),
-            source_principal: identity.to_string(),
-            destination_service: self.workload.clone(),
-            response_code: response.status().as_u16(),
-            revision: self.revision.clone(),
-        };
-        self.metrics.requests.get_or_create(&labels).inc();
-        self.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64() * 1000.0);
-        response
+        }
     }
 
     async fn tcp_to_app<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(&self, mut inbound: S, destination: SocketAddr, identity: String) {

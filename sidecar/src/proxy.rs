@@ -332,7 +332,7 @@ impl Outbound {
     }
 
     /// The HTTP/2-over-mTLS connection to a meshed endpoint, made on first use.
-    async fn mesh_sender(&self, mesh: &Mesh, endpoint: SocketAddr, identity: &str, timeout: Duration) -> Result<hyper::client::conn::http2::SendRequest<Body>, String> {
+    pub(crate) async fn mesh_sender(&self, mesh: &Mesh, endpoint: SocketAddr, identity: &str, timeout: Duration) -> Result<hyper::client::conn::http2::SendRequest<Body>, String> {
         let reusable = self.mesh_connections.lock().ok().and_then(|p| p.get(&endpoint).filter(|s| !s.is_closed() && s.is_ready()).cloned());
         if let Some(sender) = reusable {
             return Ok(sender);

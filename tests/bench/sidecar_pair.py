@@ -163,8 +163,10 @@ static_resources:
     return client_port, procs
 
 
-def start_haproxy(start, work, nginx_port, pki):
+def start_haproxy(start, work, nginx_port, pki, inner="http/1.1"):
+    """`inner` is the protocol inside mTLS, negotiated by ALPN: "http/1.1" or "h2"."""
     client_port, server_port = free_port(), free_port()
+    name = "haproxy" if inner == "http/1.1" else "haproxy-h2"
     defaults = """global
   nbthread 1
 defaults
@@ -179,21 +181,21 @@ defaults
   default_backend web
 backend web
   http-reuse always
-  server web {SERVER_IP}:{server_port} ssl crt {pki}/client.pem ca-file {pki}/ca.crt verify required sni str(server) verifyhost server
+  server web {SERVER_IP}:{server_port} ssl crt {pki}/client.pem ca-file {pki}/ca.crt verify required sni str(server) verifyhost server alpn {inner}
 """
     server = defaults + f"""frontend mtls
-  bind {SERVER_IP}:{server_port} ssl crt {pki}/server.pem ca-file {pki}/ca.crt verify required
+  bind {SERVER_IP}:{server_port} ssl crt {pki}/server.pem ca-file {pki}/ca.crt verify required alpn {inner}
   default_backend app
 backend app
   http-reuse always
   server nginx 127.0.0.1:{nginx_port}
 """
     procs = []
-    for name, text in (("client", client), ("server", server)):
-        path = os.path.join(work, f"pair-haproxy-{name}.cfg")
+    for side, text in (("client", client), ("server", server)):
+        path = os.path.join(work, f"pair-{name}-{side}.cfg")
         with open(path, "w") as f:
             f.write(text)
-        procs.append(start(["haproxy", "-f", path, "-db"], f"pair-haproxy-{name}", 0))
+        procs.append(start(["haproxy", "-f", path, "-db"], f"pair-{name}-{side}", 0))
     return client_port, procs
 
 
