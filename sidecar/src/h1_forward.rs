@@ -686,3 +686,114 @@ impl Outbound {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTP/1.1 upstream on loopback that answers every request with
+    /// `answer` (keep-alive) and counts the connections it accepted.
+    async fn upstream(answer: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            if read_more(&mut tcp, &mut buf).await.map_or(true, |n| n == 0) {
+                                return;
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        if tcp.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn streamed_answers_are_decoded_and_their_connection_reused() {
+        let (addr, accepted) = upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").await;
+        let pool = Arc::new(UpstreamPool::default());
+        for _ in 0..3 {
+            let answer = pool.exchange(addr, Duration::from_secs(1), b"GET / HTTP/1.1\r\nhost: a\r\n\r\n", false, true).await.unwrap();
+            let response = answer.into_response(&pool);
+            assert_eq!(response.headers().get("x-kind").unwrap(), "chunked");
+            assert!(response.headers().get("transfer-encoding").is_none(), "HTTP/2 has no chunked coding");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello world");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "a body read to its end gives the connection back");
+
+        // A length-delimited body larger than what came with the head streams too.
+        static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let big = BIG.get_or_init(|| {
+            let mut a = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n".to_vec();
+            a.extend(std::iter::repeat_n(b'x', 200_000));
+            a
+        });
+        let (addr, accepted) = upstream(big).await;
+        for _ in 0..2 {
+            let answer = pool.exchange(addr, Duration::from_secs(1), b"GET / HTTP/1.1\r\nhost: a\r\n\r\n", false, true).await.unwrap();
+            let body = answer.into_response(&pool).into_body().collect().await.unwrap().to_bytes();
+            assert!(body.len() == 200_000 && body.iter().all(|b| *b == b'x'));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn http2_answers_are_relayed_as_http1() {
+        // A real HTTP/2 server whose answer comes in three frames, apart, without a length.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|_req: hyper::Request<hyper::body::Incoming>| async {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move {
+                    for part in ["one ", "two ", "three"] {
+                        let _ = tx.send(Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(part)))).await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                });
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx))))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(hyper_util::rt::TokioIo::new(tcp), service).await;
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let request = b"GET /x HTTP/1.1\r\nHost: web.demo\r\n\r\n";
+        let head = http1::parse_request(request).unwrap().unwrap();
+        let response = to_peer_proxy(sender, request, &head).await.unwrap();
+
+        // The app's side of the relay is a real socket pair.
+        let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut app_side = TcpStream::connect(app_listener.local_addr().unwrap()).await.unwrap();
+        let (mut proxy_side, _) = app_listener.accept().await.unwrap();
+        assert!(matches!(relay_http2(&mut proxy_side, response, false, true).await, Next::Close));
+        drop(proxy_side);
+        let mut written = Vec::new();
+        app_side.read_to_end(&mut written).await.unwrap();
+        let text = String::from_utf8(written).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains("connection: close"), "{text}");
+        assert!(head.contains("transfer-encoding: chunked"), "{text}");
+        let mut scanner = ChunkedScanner::default();
+        let mut decoded = Vec::new();
+        assert_eq!(scanner.scan_data(body.as_bytes(), |r| decoded.extend_from_slice(&body.as_bytes()[r])).unwrap(), Some(body.len()), "{text}");
+        assert_eq!(decoded, b"one two three");
+    }
+}

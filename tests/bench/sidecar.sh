@@ -6,7 +6,8 @@
 #   * two hops: a client-side and a server-side proxy with mutual TLS between
 #     them (tests/bench/sidecar_pair.py: our two sidecars with certificates
 #     from the control plane's CA and HTTP/2 inside TLS 1.3; two Envoys with
-#     the same, configured statically; two haproxy with HTTP/1.1 inside mTLS).
+#     the same, configured statically; two haproxy with HTTP/1.1 inside mTLS,
+#     and two with HTTP/2 inside mTLS).
 #
 #   bash tests/bench/sidecar.sh              # 5 interleaved rounds, both shapes
 #   ROUNDS=3 DURATION=5 SHAPES=two-hop bash tests/bench/sidecar.sh

@@ -186,6 +186,9 @@ def report(shape, med):
     ours_m, env_m, hap_m = med["revmesh"], med["envoy"], med["haproxy"]
     print(f"\nrevmesh/envoy: CPU per request {ours_m['cpu_us'] / env_m['cpu_us']:.2f}x, max req/s {ours_m['rps'] / env_m['rps']:.2f}x, RSS {ours_m['rss'] / env_m['rss']:.2f}x")
     print(f"revmesh/haproxy: CPU per request {ours_m['cpu_us'] / hap_m['cpu_us']:.2f}x, max req/s {ours_m['rps'] / hap_m['rps']:.2f}x")
+    if "haproxy-h2" in med:
+        h2_m = med["haproxy-h2"]
+        print(f"revmesh/haproxy-h2: CPU per request {ours_m['cpu_us'] / h2_m['cpu_us']:.2f}x, max req/s {ours_m['rps'] / h2_m['rps']:.2f}x")
 
 
 if __name__ == "__main__":

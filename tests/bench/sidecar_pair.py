@@ -11,6 +11,8 @@ loopback, the server side on 127.0.0.2 like a second pod:
   inside mutual TLS, the server's SPIFFE ID checked by the client.
 * haproxy: two haproxy, HTTP/1.1 inside mutual TLS (haproxy checks the chain,
   not the SPIFFE ID).
+* haproxy-h2: the same with HTTP/2 inside mutual TLS, as the other two pairs
+  (one multiplexed connection between the proxies).
 
 Every certificate comes from one throwaway root made with openssl.
 """
@@ -208,4 +210,5 @@ def start_pairs(processes, work, target, nginx_port):
         "revmesh": start_revmesh(start, work, target, nginx_port, pki),
         "envoy": start_envoy(start, work, nginx_port, pki),
         "haproxy": start_haproxy(start, work, nginx_port, pki),
+        "haproxy-h2": start_haproxy(start, work, nginx_port, pki, inner="h2"),
     }
