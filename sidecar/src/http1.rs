@@ -101,10 +101,14 @@ impl RequestHead {
         self.host.clone().and_then(|h| std::str::from_utf8(&buf[h]).ok()).filter(|h| h.bytes().all(|b| (0x21..0x7f).contains(&b))).unwrap_or("")
     }
 
-    /// Methods a client may repeat without changing their effect (RFC 9110 §9.2.2).
     pub fn idempotent(&self, buf: &[u8]) -> bool {
-        matches!(self.method(buf), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
+        idempotent_method(self.method(buf))
     }
+}
+
+/// Methods a client may repeat without changing their effect (RFC 9110 §9.2.2).
+pub fn idempotent_method(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
 }
 
 fn range_of(buf: &[u8], part: &[u8]) -> Range<usize> {

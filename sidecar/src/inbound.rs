@@ -196,7 +196,7 @@ impl Inbound {
             let identity_header = [(PEER_IDENTITY_HEADER, identity)];
             let extra: &[(&str, &str)] = if identity.is_empty() { &[] } else { &identity_header };
             http1::write_request_head_from(&mut out, &parts.method, &path, &host, &parts.headers, extra);
-            let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
+            let idempotent = http1::idempotent_method(parts.method.as_str().as_bytes());
             match self.app_pool.exchange(destination, APP_CONNECT_TIMEOUT, &out, parts.method == Method::HEAD, idempotent).await {
                 Ok(answer) => answer.into_response(&self.app_pool),
                 Err(e) => crate::proxy::text_response(hyper::StatusCode::BAD_GATEWAY, format!("the app at {destination}: {e}\n")),
