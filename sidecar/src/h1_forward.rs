@@ -16,7 +16,6 @@ use crate::http1::{self, BodyFraming, ChunkedScanner, Framing, HeadError, HeadVi
 use crate::proxy::{cluster_service, hash_key, LocalReply, Outbound, Protocol, BLACKHOLE, PASSTHROUGH, RETRY_BUFFER};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Body as _;
 use hyper::StatusCode;
 use std::collections::HashMap;
 use std::io;
@@ -295,30 +294,34 @@ impl hyper::body::Body for UpstreamBody {
 /// proxy over HTTP/2 inside mTLS.
 enum Reply {
     Http1(Answer),
-    Http2(hyper::Response<hyper::body::Incoming>),
+    Http2(hyper::Response<h2::RecvStream>),
 }
 
 /// Sends the app's request (head and whole body in `request`) to a peer
 /// proxy as HTTP/2, the app's Host as its authority.
-async fn to_peer_proxy(mut sender: hyper::client::conn::http2::SendRequest<crate::proxy::Body>, request: &[u8], head: &RequestHead) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+async fn to_peer_proxy(mut sender: h2::client::SendRequest<Bytes>, request: &[u8], head: &RequestHead) -> Result<hyper::Response<h2::RecvStream>, String> {
     let host = head.host(request);
     let uri = format!("http://{host}{}", head.target(request)).parse::<hyper::Uri>().map_err(|_| format!("no request URI from host {host:?} and path {:?}", head.target(request)))?;
     let method = hyper::Method::from_bytes(head.method(request)).map_err(|_| "bad request method".to_string())?;
-    let body = &request[head.head_len..];
-    let body = if body.is_empty() { Empty::new().map_err(|never| match never {}).boxed_unsync() } else { Full::new(Bytes::copy_from_slice(body)).map_err(|never| match never {}).boxed_unsync() };
-    let mut upstream = hyper::Request::new(body);
+    let mut upstream = hyper::Request::new(());
     *upstream.method_mut() = method;
     *upstream.uri_mut() = uri;
     *upstream.version_mut() = hyper::Version::HTTP_2;
     *upstream.headers_mut() = http1::request_header_map(request, head);
-    sender.send_request(upstream).await.map_err(|e| e.to_string())
+    let body = &request[head.head_len..];
+    let (answer, mut send) = sender.send_request(upstream, body.is_empty()).map_err(|e| e.to_string())?;
+    if !body.is_empty() {
+        // Bounded: the fast path takes no body over RETRY_BUFFER.
+        send.send_data(Bytes::copy_from_slice(body), true).map_err(|e| e.to_string())?;
+    }
+    answer.await.map_err(|e| e.to_string())
 }
 
 /// Writes a peer proxy's HTTP/2 answer to the app as HTTP/1.1. A body that
 /// is complete after its first frame goes with the head in one write, with
 /// its length; otherwise the peer's Content-Length is kept, or the body is
 /// chunked.
-async fn relay_http2(app: &mut TcpStream, response: hyper::Response<hyper::body::Incoming>, head_request: bool, close: bool) -> Next {
+async fn relay_http2(app: &mut TcpStream, response: hyper::Response<h2::RecvStream>, head_request: bool, close: bool) -> Next {
     let (parts, mut body) = response.into_parts();
     let status = parts.status.as_u16();
     let mut out = Vec::with_capacity(2048);
@@ -377,22 +380,9 @@ async fn relay_http2(app: &mut TcpStream, response: hyper::Response<hyper::body:
     finish_write(app, &out, close).await
 }
 
-/// The next data of a body, skipping trailers; None at its end.
-async fn next_data(body: &mut hyper::body::Incoming) -> Result<Option<Bytes>, ()> {
-    loop {
-        match body.frame().await {
-            None => return Ok(None),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    return Ok(Some(data));
-                }
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "a peer proxy's response body failed");
-                return Err(());
-            }
-        }
-    }
+/// The next data of a peer's answer; None at its end.
+async fn next_data(body: &mut h2::RecvStream) -> Result<Option<Bytes>, ()> {
+    crate::mesh_h2::next_data(body).await.map_err(|e| tracing::debug!(error = %e, "a peer proxy's response body failed"))
 }
 
 async fn finish_write(app: &mut TcpStream, out: &[u8], close: bool) -> Next {
@@ -773,7 +763,7 @@ mod tests {
             let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(hyper_util::rt::TokioIo::new(tcp), service).await;
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+        let (sender, conn) = crate::mesh_h2::client_builder().handshake::<_, Bytes>(tcp).await.unwrap();
         tokio::spawn(conn);
         let request = b"GET /x HTTP/1.1\r\nHost: web.demo\r\n\r\n";
         let head = http1::parse_request(request).unwrap().unwrap();

@@ -14,9 +14,12 @@
 
 use crate::h1_forward::UpstreamPool;
 use crate::http1;
+use crate::mesh_h2::{send_body, RecvBody};
 use crate::metrics::{HandleCache, Metrics, RequestLabels, TcpLabels};
 use crate::proxy::{accept_loop, original_destination, BoxError, Drain};
 use crate::tls::{client_hello_alpn, spiffe_id, Mesh, ALPN_HTTP, ALPN_TCP};
+use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::body::Body as _;
@@ -145,19 +148,61 @@ impl Inbound {
         if session.alpn_protocol() == Some(ALPN_TCP) {
             return self.tcp_to_app(tls, destination, identity).await;
         }
-        let this = Arc::clone(self);
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (this, identity) = (Arc::clone(&this), identity.clone());
-            async move { Ok::<_, std::convert::Infallible>(this.to_app(req, destination, &identity).await) }
-        });
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service);
-        tokio::pin!(conn);
+        self.serve_peer_http(tls, destination, identity).await
+    }
+
+    /// HTTP/2 from a peer proxy. Each stream is answered inside this
+    /// connection's task rather than in a task of its own (as hyper does):
+    /// no spawn per request, and answers the app has ready when the task
+    /// wakes leave in one write.
+    async fn serve_peer_http(&self, tls: tokio_rustls::server::TlsStream<TcpStream>, destination: SocketAddr, identity: String) {
+        let mut connection = match crate::mesh_h2::server_builder().handshake::<_, Bytes>(tls).await {
+            Ok(c) => c,
+            Err(e) => return tracing::debug!(error = %e, %identity, "HTTP/2 handshake from a peer failed"),
+        };
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut draining = self.drain.draining.subscribe();
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = async { let _ = draining.wait_for(|d| *d).await.map(|_| ()); } => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+        let mut shutting_down = false;
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+                accepted = connection.accept() => accepted,
+                _ = draining.wait_for(|d| *d), if !shutting_down => {
+                    // GOAWAY: no new streams; accept() ends once the open ones have.
+                    connection.graceful_shutdown();
+                    shutting_down = true;
+                    continue;
+                }
+            };
+            match accepted {
+                Some(Ok((request, respond))) => in_flight.push(self.answer_peer(request, respond, destination, &identity)),
+                Some(Err(e)) => return tracing::debug!(error = %e, %identity, "HTTP/2 connection from a peer ended"),
+                None => return,
+            }
+        }
+    }
+
+    async fn answer_peer(&self, request: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>, destination: SocketAddr, identity: &str) {
+        // A peer that cancels the stream (its client went away) stops the
+        // wait for the app.
+        let response = tokio::select! {
+            biased;
+            response = self.to_app(request.map(RecvBody::new), destination, identity) => response,
+            reset = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+                return tracing::debug!(reason = ?reset.ok(), "a peer cancelled a request");
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        crate::proxy::strip_hop_by_hop(&mut parts.headers);
+        let end = body.is_end_stream();
+        let mut send = match respond.send_response(Response::from_parts(parts, ()), end) {
+            Ok(send) => send,
+            Err(e) => return tracing::debug!(error = %e, "sending an answer to a peer"),
+        };
+        if !end {
+            if let Err(e) = send_body(body, &mut send).await {
+                tracing::debug!(error = %e, "streaming an answer to a peer");
             }
         }
     }
@@ -184,7 +229,11 @@ impl Inbound {
 
     /// Forwards a request to the app; `identity` (empty for plaintext) goes in
     /// the peer-identity header, and any such header from the client is dropped.
-    async fn to_app(&self, req: Request<Incoming>, destination: SocketAddr, identity: &str) -> Response<crate::proxy::Body> {
+    async fn to_app<B>(&self, req: Request<B>, destination: SocketAddr, identity: &str) -> Response<crate::proxy::Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let host = parts.uri.authority().map(|a| a.to_string()).unwrap_or_else(|| destination.to_string());
@@ -220,7 +269,11 @@ impl Inbound {
     }
 
     /// A request with a body, streamed to the app with hyper's client.
-    async fn streamed_to_app(&self, mut parts: hyper::http::request::Parts, body: Incoming, destination: SocketAddr, host: &str, path: &str, identity: &str) -> Response<crate::proxy::Body> {
+    async fn streamed_to_app<B>(&self, mut parts: hyper::http::request::Parts, body: B, destination: SocketAddr, host: &str, path: &str, identity: &str) -> Response<crate::proxy::Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         parts.uri = match format!("http://{destination}{path}").parse() {
             Ok(u) => u,
             Err(_) => return crate::proxy::text_response(hyper::StatusCode::BAD_REQUEST, "bad path\n"),
@@ -234,7 +287,7 @@ impl Inbound {
         if let Ok(v) = hyper::header::HeaderValue::from_str(host) {
             parts.headers.insert(hyper::header::HOST, v);
         }
-        let upstream = Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+        let upstream = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         match self.app.request(upstream).await {
             Ok(r) => r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
             Err(e) => crate::proxy::text_response(hyper::StatusCode::BAD_GATEWAY, format!("the app at {destination}: {e}\n")),

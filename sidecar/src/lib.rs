@@ -17,6 +17,7 @@ pub mod h1_forward;
 pub mod http1;
 pub mod inbound;
 pub mod lb;
+pub mod mesh_h2;
 pub mod metrics;
 pub mod proxy;
 pub mod run;

@@ -190,7 +190,7 @@ pub struct Outbound {
     http1: Client<HttpConnector, Body>,
     http2: Client<HttpConnector, Body>,
     /// One multiplexed HTTP/2-over-mTLS connection per meshed endpoint.
-    mesh_connections: std::sync::Mutex<std::collections::HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Body>>>,
+    mesh_connections: std::sync::Mutex<std::collections::HashMap<SocketAddr, h2::client::SendRequest<Bytes>>>,
     pub(crate) handles: crate::metrics::HandleCache,
     /// Idle connections of the HTTP/1 fast path.
     pub(crate) h1_pool: crate::h1_forward::UpstreamPool,
@@ -332,15 +332,22 @@ impl Outbound {
     }
 
     /// The HTTP/2-over-mTLS connection to a meshed endpoint, made on first use.
-    pub(crate) async fn mesh_sender(&self, mesh: &Mesh, endpoint: SocketAddr, identity: &str, timeout: Duration) -> Result<hyper::client::conn::http2::SendRequest<Body>, String> {
-        let reusable = self.mesh_connections.lock().ok().and_then(|p| p.get(&endpoint).filter(|s| !s.is_closed() && s.is_ready()).cloned());
-        if let Some(sender) = reusable {
-            return Ok(sender);
+    pub(crate) async fn mesh_sender(&self, mesh: &Mesh, endpoint: SocketAddr, identity: &str, timeout: Duration) -> Result<h2::client::SendRequest<Bytes>, String> {
+        let cached = self.mesh_connections.lock().ok().and_then(|p| p.get(&endpoint).cloned());
+        if let Some(sender) = cached {
+            // A connection that failed, or that the peer sent GOAWAY on,
+            // refuses new streams; it is replaced.
+            match sender.ready().await {
+                Ok(sender) => return Ok(sender),
+                Err(e) => tracing::debug!(error = %e, %endpoint, "HTTP/2 connection to a peer replaced"),
+            }
         }
         let tls = mesh.connect(endpoint, identity, ALPN_HTTP, timeout).await.map_err(|e| format!("mTLS to {endpoint}: {e}"))?;
-        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| format!("HTTP/2 to {endpoint}: {e}"))?;
+        let (sender, connection) = crate::mesh_h2::client_builder().handshake::<_, Bytes>(tls).await.map_err(|e| format!("HTTP/2 to {endpoint}: {e}"))?;
         tokio::spawn(async move {
-            let _ = conn.await;
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %endpoint, "HTTP/2 connection to a peer ended");
+            }
         });
         if let Ok(mut p) = self.mesh_connections.lock() {
             p.insert(endpoint, sender.clone());
@@ -394,19 +401,20 @@ impl Outbound {
             };
             let upstream = Request::from_parts(upstream_parts, body);
             Ok(async move {
-                let response = match meshed {
+                let response: Response<Body> = match meshed {
                     Some((identity, mesh)) => {
                         let mut sender = self.mesh_sender(mesh, endpoint, identity, cluster.connect_timeout).await?;
-                        sender.send_request(upstream).await.map_err(|e| e.to_string())?
+                        let response = crate::mesh_h2::round_trip(&mut sender, upstream).await.map_err(|e| e.to_string())?;
+                        response.map(|b| crate::mesh_h2::RecvBody::new(b).map_err(|e| Box::new(e) as BoxError).boxed_unsync())
                     }
-                    None => self.client(cluster.http2).request(upstream).await.map_err(|e| e.to_string())?,
+                    None => self.client(cluster.http2).request(upstream).await.map_err(|e| e.to_string())?.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
                 };
                 let code = response.status().as_u16();
                 Ok((response, code))
             })
         });
         match sent.await {
-            Ok(r) => r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+            Ok(r) => r,
             Err(local) => text_response(local.status, local.text),
         }
     }
@@ -520,7 +528,7 @@ impl Outbound {
 }
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1).
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     let named: Vec<String> = headers.get_all(hyper::header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase())).collect();
     for name in named.iter().map(String::as_str).chain(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"]) {
         headers.remove(name);

@@ -109,6 +109,37 @@ fn get(conn: &mut Option<BufReader<std::net::TcpStream>>, addr: &str, host: &str
     Some(status)
 }
 
+/// An HTTP/1.1 server that answers a POST with its body (length-delimited or
+/// chunked) and a GET with "ready".
+const HTTP_ECHO: &str = r#"import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        self.answer(b"ready")
+    def do_POST(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.answer(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("10.77.0.2", 8090), H).serve_forever()
+"#;
+
 fn mesh(dir: &Path) -> PathBuf {
     let mesh = dir.join("mesh");
     std::fs::create_dir_all(&mesh).expect("mesh");
@@ -129,6 +160,8 @@ fn mesh(dir: &Path) -> PathBuf {
         endpoints("ejecting", &["10.77.0.2", "10.77.0.3"], "http", 8080),
         service("echo", "10.96.0.30", "tcp-echo", 9000, 9000),
         endpoints("echo", &["10.77.0.2"], "tcp-echo", 9000),
+        service("upload", "10.96.0.50", "http", 80, 8090),
+        endpoints("upload", &["10.77.0.2"], "http", 8090),
         // The server pod is injected: its address is reached with mTLS as demo/web.
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: demo, labels: {revmesh.io/rev: dev}}\nspec: {serviceAccountName: web}\nstatus: {podIP: 10.77.0.2}\n---\n".to_string(),
     ]
@@ -183,6 +216,7 @@ fn captured_traffic_flows_through_the_sidecar() {
     let _bad = nginx(dir.path(), &srv, "bad", "10.77.0.3:8080", "broken", 503);
     let echo_script = "import socketserver\nclass H(socketserver.StreamRequestHandler):\n    def handle(self):\n        for line in self.rfile:\n            self.wfile.write(line)\nsocketserver.ThreadingTCPServer.allow_reuse_address = True\nsocketserver.ThreadingTCPServer(('10.77.0.2', 9000), H).serve_forever()\n";
     let _echo = Killed(in_ns(&srv, &["python3", "-c", echo_script]).spawn().expect("echo server"));
+    let _http_echo = Killed(in_ns(&srv, &["python3", "-c", HTTP_ECHO]).spawn().expect("HTTP echo server"));
 
     // sidecar init: dry run, then applied twice with one copy of each rule.
     let sidecar_bin = dir.path().join("sidecar");
@@ -276,6 +310,23 @@ fn captured_traffic_flows_through_the_sidecar() {
     .join()
     .expect("echo thread");
     assert_eq!(echoed, "hello through the mesh\n");
+
+    // Request bodies both ways through the mTLS pair: a small one (the
+    // HTTP/1 fast path), and 1 MB each way (over flow-control windows).
+    let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 7 % 251) as u8).collect() };
+    for (name, size) in [("small", 3_000), ("large", 1 << 20)] {
+        let sent = dir.path().join(format!("{name}.bin"));
+        let got = dir.path().join(format!("{name}.out"));
+        std::fs::write(&sent, pattern(size)).expect("body file");
+        let (ok, code) = output(in_ns(&app, &["curl", "-s", "--max-time", "10", "-H", "Expect:", "--data-binary", &format!("@{}", sent.display()), "-o", &got.display().to_string(), "-w", "%{http_code}", "http://10.96.0.50/echo"]));
+        assert!(ok && code == "200", "{name} upload: {code}\nproxy log:\n{}\nserver proxy log:\n{}", log(&proxy_log), log(&server_log));
+        assert!(std::fs::read(&got).expect("answer") == pattern(size), "{name}: the echoed body differs");
+    }
+    // On one connection: a plain GET (fast path), then an upload with
+    // `Expect: 100-continue`, which the fast path hands to hyper mid-connection.
+    let small = dir.path().join("small.bin");
+    let (ok, text) = output(in_ns(&app, &["curl", "-s", "--max-time", "10", "-o", "/dev/null", "http://10.96.0.50/echo", "--next", "-s", "--max-time", "10", "-H", "Expect: 100-continue", "--data-binary", &format!("@{}", small.display()), "-w", "%{num_connects} %{http_code} %{size_download}", "http://10.96.0.50/echo"]));
+    assert!(ok && text.ends_with("0 200 3000"), "the second request reuses the connection and is answered in full: {text}");
 
     // Retries mask the failing endpoint: half the endpoints answer 503.
     for i in 0..20 {
