@@ -156,7 +156,9 @@ impl Inbound {
     /// no spawn per request, and answers the app has ready when the task
     /// wakes leave in one write.
     async fn serve_peer_http(&self, tls: tokio_rustls::server::TlsStream<TcpStream>, destination: SocketAddr, identity: String) {
-        let mut connection = match crate::mesh_h2::server_builder().handshake::<_, Bytes>(tls).await {
+        let (io, uncork) = crate::mesh_h2::cork(tls);
+        let handshake = std::pin::pin!(crate::mesh_h2::server_builder().handshake::<_, Bytes>(io));
+        let mut connection = match crate::mesh_h2::drive(handshake, &uncork).await {
             Ok(c) => c,
             Err(e) => return tracing::debug!(error = %e, %identity, "HTTP/2 handshake from a peer failed"),
         };
@@ -167,7 +169,12 @@ impl Inbound {
             let accepted = tokio::select! {
                 biased;
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
-                accepted = connection.accept() => accepted,
+                // Answers queued by the streams above are written here.
+                accepted = std::future::poll_fn(|cx| {
+                    let accepted = connection.poll_accept(cx);
+                    let _ = uncork.poll_release(cx);
+                    accepted
+                }) => accepted,
                 _ = draining.wait_for(|d| *d), if !shutting_down => {
                     // GOAWAY: no new streams; accept() ends once the open ones have.
                     connection.graceful_shutdown();

@@ -343,9 +343,11 @@ impl Outbound {
             }
         }
         let tls = mesh.connect(endpoint, identity, ALPN_HTTP, timeout).await.map_err(|e| format!("mTLS to {endpoint}: {e}"))?;
-        let (sender, connection) = crate::mesh_h2::client_builder().handshake::<_, Bytes>(tls).await.map_err(|e| format!("HTTP/2 to {endpoint}: {e}"))?;
+        let (io, uncork) = crate::mesh_h2::cork(tls);
+        let handshake = std::pin::pin!(crate::mesh_h2::client_builder().handshake::<_, Bytes>(io));
+        let (sender, mut connection) = crate::mesh_h2::drive(handshake, &uncork).await.map_err(|e| format!("HTTP/2 to {endpoint}: {e}"))?;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            if let Err(e) = crate::mesh_h2::drive(&mut connection, &uncork).await {
                 tracing::debug!(error = %e, %endpoint, "HTTP/2 connection to a peer ended");
             }
         });
