@@ -579,9 +579,7 @@ impl Outbound {
                 (local.status.as_u16(), if close || written.is_err() { Next::Close } else { Next::KeepGoing })
             }
         };
-        let handles = self.handles.get(service, code, || self.request_labels(service, code), &self.metrics);
-        handles.count.inc();
-        handles.duration.observe(started.elapsed().as_secs_f64() * 1000.0);
+        self.handles.record(service, code, || self.request_labels(service, code), &self.metrics, started.elapsed().as_secs_f64() * 1000.0);
         next
     }
 

@@ -164,6 +164,8 @@ impl Inbound {
         };
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut draining = self.drain.draining.subscribe();
+        // Made once: a watch future made per turn registers a waiter per turn.
+        let mut drain_started = std::pin::pin!(crate::proxy::wait_draining(&mut draining));
         let mut shutting_down = false;
         loop {
             let accepted = tokio::select! {
@@ -175,7 +177,7 @@ impl Inbound {
                     let _ = uncork.poll_release(cx);
                     accepted
                 }) => accepted,
-                _ = draining.wait_for(|d| *d), if !shutting_down => {
+                _ = drain_started.as_mut(), if !shutting_down => {
                     // GOAWAY: no new streams; accept() ends once the open ones have.
                     connection.graceful_shutdown();
                     shutting_down = true;
@@ -243,22 +245,30 @@ impl Inbound {
     {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
-        let host = parts.uri.authority().map(|a| a.to_string()).unwrap_or_else(|| destination.to_string());
-        let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
         parts.headers.remove(PEER_IDENTITY_HEADER);
+        let uri = std::mem::take(&mut parts.uri);
+        let destination_text;
+        let host = match uri.authority() {
+            Some(authority) => authority.as_str(),
+            None => {
+                destination_text = destination.to_string();
+                &destination_text
+            }
+        };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let response = if body.is_end_stream() {
             // No body: the request is one write, on the fast path's pool.
             let mut out = Vec::with_capacity(512);
             let identity_header = [(PEER_IDENTITY_HEADER, identity)];
             let extra: &[(&str, &str)] = if identity.is_empty() { &[] } else { &identity_header };
-            http1::write_request_head_from(&mut out, &parts.method, &path, &host, &parts.headers, extra);
+            http1::write_request_head_from(&mut out, &parts.method, path, host, &parts.headers, extra);
             let idempotent = http1::idempotent_method(parts.method.as_str().as_bytes());
             match self.app_pool.exchange(destination, APP_CONNECT_TIMEOUT, &out, parts.method == Method::HEAD, idempotent).await {
                 Ok(answer) => answer.into_response(&self.app_pool),
                 Err(e) => crate::proxy::text_response(hyper::StatusCode::BAD_GATEWAY, format!("the app at {destination}: {e}\n")),
             }
         } else {
-            self.streamed_to_app(parts, body, destination, &host, &path, identity).await
+            self.streamed_to_app(parts, body, destination, host, path, identity).await
         };
         let code = response.status().as_u16();
         let labels = || RequestLabels {
@@ -269,9 +279,7 @@ impl Inbound {
             response_code: code,
             revision: self.revision.clone(),
         };
-        let handles = self.handles.get(identity, code, labels, &self.metrics);
-        handles.count.inc();
-        handles.duration.observe(started.elapsed().as_secs_f64() * 1000.0);
+        self.handles.record(identity, code, labels, &self.metrics, started.elapsed().as_secs_f64() * 1000.0);
         response
     }
 

@@ -76,23 +76,70 @@ pub struct RequestHandles {
     pub duration: Histogram,
 }
 
-/// Source-side handles by destination service, then response code.
+/// Request handles by service (or peer identity), then response code.
 #[derive(Default)]
 pub struct HandleCache {
-    by_service: std::sync::RwLock<std::collections::HashMap<String, std::collections::HashMap<u16, RequestHandles>>>,
+    by_service: std::sync::RwLock<FastMap<String, FastMap<u16, RequestHandles>>>,
+}
+
+type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<WordHasher>>;
+
+/// A multiply-rotate hash over 8-byte words, for the per-request lookup
+/// above. Its keys are names from the mesh's config and verified peer
+/// identities, not attacker-chosen strings, so SipHash's flood resistance
+/// buys nothing there; it cost about 1% of a proxy's CPU.
+#[derive(Default)]
+pub struct WordHasher(u64);
+
+impl std::hash::Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl WordHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 impl HandleCache {
-    pub fn get(&self, service: &str, code: u16, labels: impl FnOnce() -> RequestLabels, metrics: &Metrics) -> RequestHandles {
-        if let Some(h) = self.by_service.read().ok().and_then(|m| m.get(service).and_then(|c| c.get(&code)).cloned()) {
-            return h;
+    /// Counts one request and its duration under `service` and `code`;
+    /// `labels` builds the label set the first time they are seen.
+    pub fn record(&self, service: &str, code: u16, labels: impl FnOnce() -> RequestLabels, metrics: &Metrics, millis: f64) {
+        if let Ok(map) = self.by_service.read() {
+            if let Some(handles) = map.get(service).and_then(|c| c.get(&code)) {
+                handles.count.inc();
+                handles.duration.observe(millis);
+                return;
+            }
         }
         let labels = labels();
         let handles = RequestHandles { count: metrics.requests.get_or_create(&labels).clone(), duration: metrics.duration.get_or_create(&labels).clone() };
-        if let Ok(mut m) = self.by_service.write() {
-            m.entry(service.to_string()).or_default().insert(code, handles.clone());
+        handles.count.inc();
+        handles.duration.observe(millis);
+        if let Ok(mut map) = self.by_service.write() {
+            map.entry(service.to_string()).or_default().insert(code, handles);
         }
-        handles
     }
 }
 

@@ -139,7 +139,7 @@ impl Drain {
 }
 
 /// Resolves when draining starts (the watch's borrow is not held across awaits).
-async fn wait_draining(draining: &mut watch::Receiver<bool>) {
+pub(crate) async fn wait_draining(draining: &mut watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await.map(|_| ());
 }
 
@@ -321,9 +321,7 @@ impl Outbound {
             response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
         }
         let code = response.status().as_u16();
-        let handles = self.handles.get(&service, code, || self.request_labels(&service, code), &self.metrics);
-        handles.count.inc();
-        handles.duration.observe(started.elapsed().as_secs_f64() * 1000.0);
+        self.handles.record(&service, code, || self.request_labels(&service, code), &self.metrics, started.elapsed().as_secs_f64() * 1000.0);
         response
     }
 
