@@ -5,8 +5,9 @@
 //! per-request CPU (docs/sidecar.md, "HTTP/2 between proxies").
 //!
 //! This module holds the pieces both directions share: the connection
-//! settings, a request or response body read from an h2 stream, and a body
-//! written into one with flow control.
+//! settings, a request or response body read from an h2 stream, a body
+//! written into one with flow control, and the write hold ([`Corked`]) that
+//! lets the answers of one wake-up leave in one TLS write.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
@@ -111,12 +112,11 @@ where
         };
         let mut data = match frame.into_data() {
             Ok(data) => data,
-            Err(frame) => {
-                return match frame.into_trailers() {
-                    Ok(trailers) => send.send_trailers(trailers).map_err(|e| e.to_string()),
-                    Err(_) => Ok(()),
-                };
-            }
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => return send.send_trailers(trailers).map_err(|e| e.to_string()),
+                // A frame of a kind HTTP/2 has no use for.
+                Err(_) => continue,
+            },
         };
         let end = body.is_end_stream();
         if first && data.len() <= UNRESERVED_FIRST_CHUNK {
