@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_pr
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, StringMatcher};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
+use crate::fast_hash::FastMap;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -53,7 +54,7 @@ pub struct ClusterConfig {
     pub endpoints: Vec<SocketAddr>,
     /// Meshed endpoints → the `namespace/serviceaccount` their certificate
     /// must name; reached with mTLS. The rest get plaintext.
-    pub mtls: HashMap<SocketAddr, String>,
+    pub mtls: FastMap<SocketAddr, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -110,10 +111,10 @@ pub struct VirtualHost {
 #[derive(Debug, Clone, Default)]
 pub struct ProxyConfig {
     /// Shared, so a request holds a cluster without copying it.
-    pub clusters: HashMap<String, std::sync::Arc<ClusterConfig>>,
+    pub clusters: FastMap<String, std::sync::Arc<ClusterConfig>>,
     pub virtual_hosts: Vec<VirtualHost>,
     /// Original destination → cluster, for TCP services.
-    pub tcp: HashMap<SocketAddr, String>,
+    pub tcp: FastMap<SocketAddr, String>,
     /// RDS names the listeners refer to (the xDS client subscribes to them).
     pub route_names: Vec<String>,
 }
@@ -233,10 +234,10 @@ pub fn build(resources: &Resources) -> Result<ProxyConfig, ConfigError> {
     let empty = BTreeMap::new();
     let of = |t: &str| resources.get(t).unwrap_or(&empty);
     let mut config = ProxyConfig::default();
-    let mut assignments: HashMap<String, (Vec<SocketAddr>, HashMap<SocketAddr, String>)> = HashMap::new();
+    let mut assignments: HashMap<String, (Vec<SocketAddr>, FastMap<SocketAddr, String>)> = HashMap::new();
     for (name, any) in of(ENDPOINT_TYPE) {
         let cla: ClusterLoadAssignment = decode("endpoints", name, any)?;
-        let (mut eps, mut mtls) = (Vec::new(), HashMap::new());
+        let (mut eps, mut mtls) = (Vec::new(), FastMap::default());
         for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
             let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else { continue };
             let Some(addr) = socket(&ep.address) else { continue };
@@ -251,12 +252,12 @@ pub fn build(resources: &Resources) -> Result<ProxyConfig, ConfigError> {
         let c: Cluster = decode("cluster", name, any)?;
         let http2 = c.typed_extension_protocol_options.contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions");
         // Static clusters (the proxy's own inbound ones) carry their endpoints inline.
-        let inline = || -> (Vec<SocketAddr>, HashMap<SocketAddr, String>) {
+        let inline = || -> (Vec<SocketAddr>, FastMap<SocketAddr, String>) {
             let eps = c.load_assignment.iter().flat_map(|l| &l.endpoints).flat_map(|l| &l.lb_endpoints).filter_map(|e| match &e.host_identifier {
                 Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => socket(&ep.address),
                 _ => None,
             });
-            (eps.collect(), HashMap::new())
+            (eps.collect(), FastMap::default())
         };
         let (endpoints, mtls) = assignments.get(name).cloned().unwrap_or_else(inline);
         config.clusters.insert(

@@ -17,7 +17,7 @@ use crate::proxy::{cluster_service, hash_key, LocalReply, Outbound, Protocol, BL
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::StatusCode;
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -38,7 +38,7 @@ const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Idle keep-alive connections to plaintext upstreams, newest last.
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    idle: Mutex<FastMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
 }
 
 /// Whether an idle connection may still carry a request: it has nothing to
@@ -177,7 +177,8 @@ impl Answer {
                 if arrived as u64 == n {
                     give_back(tcp);
                 }
-                Full::new(Bytes::copy_from_slice(&buf[head.head_len..head.head_len + n as usize])).map_err(|never| match never {}).boxed_unsync()
+                // The buffer becomes the body: no copy.
+                Full::new(Bytes::from(buf).slice(head.head_len..head.head_len + n as usize)).map_err(|never| match never {}).boxed_unsync()
             }
             framing => {
                 let state = match framing {
@@ -185,7 +186,7 @@ impl Answer {
                     Framing::Chunked => BodyState::Chunked(ChunkedScanner::default()),
                     _ => BodyState::UntilClose,
                 };
-                let pending = Bytes::copy_from_slice(&buf[head.head_len..]);
+                let pending = Bytes::from(buf).slice(head.head_len..);
                 let back = head.reusable.then(|| (Arc::clone(pool), endpoint));
                 UpstreamBody { tcp: Some(tcp), pending, state, back }.map_err(|e| Box::new(e) as crate::proxy::BoxError).boxed_unsync()
             }
@@ -563,7 +564,7 @@ impl Outbound {
             Some((_, None)) => (Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no cluster for this route\n")), BLACKHOLE),
             // No mesh route: pass through to where the app was going.
             None if self.captured => {
-                let sent = self.attempt(destination, PASSTHROUGH_CONNECT_TIMEOUT, request, head).await;
+                let sent = Box::pin(self.attempt(destination, PASSTHROUGH_CONNECT_TIMEOUT, request, head)).await;
                 (sent.map(|(a, _)| Reply::Http1(a)).map_err(|e| LocalReply::new(StatusCode::BAD_GATEWAY, format!("upstream {destination}: {e}\n"))), PASSTHROUGH)
             }
             None => (Err(LocalReply::new(StatusCode::NOT_FOUND, format!("no route for host {host:?}\n"))), BLACKHOLE),

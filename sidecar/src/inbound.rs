@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const PEER_IDENTITY_HEADER: &str = "x-revmesh-peer-identity";
+static PEER_IDENTITY_HEADER_NAME: hyper::header::HeaderName = hyper::header::HeaderName::from_static(PEER_IDENTITY_HEADER);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -245,7 +246,7 @@ impl Inbound {
     {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
-        parts.headers.remove(PEER_IDENTITY_HEADER);
+        parts.headers.remove(&PEER_IDENTITY_HEADER_NAME);
         let uri = std::mem::take(&mut parts.uri);
         let destination_text;
         let host = match uri.authority() {
@@ -268,7 +269,9 @@ impl Inbound {
                 Err(e) => crate::proxy::text_response(hyper::StatusCode::BAD_GATEWAY, format!("the app at {destination}: {e}\n")),
             }
         } else {
-            self.streamed_to_app(parts, body, destination, host, path, identity).await
+            // Boxed: hyper's client makes this future large, and it would
+            // otherwise be moved with every bodiless request's future.
+            Box::pin(self.streamed_to_app(parts, body, destination, host, path, identity)).await
         };
         let code = response.status().as_u16();
         let labels = || RequestLabels {

@@ -8,7 +8,8 @@
 //! requests in flight, with at least 3 allowed.
 
 use crate::config::LbPolicy;
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -31,7 +32,7 @@ struct EndpointStats {
 #[derive(Debug, Default)]
 pub struct ClusterState {
     next: AtomicUsize,
-    stats: Mutex<HashMap<SocketAddr, EndpointStats>>,
+    stats: Mutex<FastMap<SocketAddr, EndpointStats>>,
     in_flight: AtomicUsize,
     retries_in_flight: AtomicUsize,
 }
@@ -50,15 +51,17 @@ impl ClusterState {
     /// Chooses an endpoint not in `exclude`, or None if none is usable.
     pub fn pick(&self, endpoints: &[SocketAddr], policy: LbPolicy, hash_key: u64, exclude: &[SocketAddr], now: Instant) -> Option<SocketAddr> {
         let stats = self.stats.lock().ok()?;
-        let usable: Vec<SocketAddr> = endpoints
-            .iter()
-            .copied()
-            .filter(|e| !exclude.contains(e))
-            .filter(|e| stats.get(e).and_then(|s| s.ejected_until).is_none_or(|until| until <= now))
-            .collect();
-        // Everything ejected or tried: fall back to any untried endpoint
-        // rather than failing the request outright.
-        let usable = if usable.is_empty() { endpoints.iter().copied().filter(|e| !exclude.contains(e)).collect() } else { usable };
+        let available = |e: &SocketAddr| !exclude.contains(e) && stats.get(e).and_then(|s| s.ejected_until).is_none_or(|until| until <= now);
+        // Usually every endpoint is: the config's list is used as it is, with
+        // no list built per request.
+        let usable: Cow<[SocketAddr]> = if endpoints.iter().all(available) {
+            Cow::Borrowed(endpoints)
+        } else {
+            let some: Vec<SocketAddr> = endpoints.iter().copied().filter(available).collect();
+            // Everything ejected or tried: fall back to any untried endpoint
+            // rather than failing the request outright.
+            Cow::Owned(if some.is_empty() { endpoints.iter().copied().filter(|e| !exclude.contains(e)).collect() } else { some })
+        };
         if usable.is_empty() {
             return None;
         }
@@ -122,7 +125,7 @@ impl ClusterState {
 /// The balancing state of every cluster, by name.
 #[derive(Debug, Default)]
 pub struct Balancers {
-    clusters: Mutex<HashMap<String, std::sync::Arc<ClusterState>>>,
+    clusters: Mutex<FastMap<String, std::sync::Arc<ClusterState>>>,
 }
 
 impl Balancers {

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod capture;
 pub mod config;
+pub mod fast_hash;
 pub mod h1_forward;
 pub mod http1;
 pub mod inbound;

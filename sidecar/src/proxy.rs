@@ -190,7 +190,7 @@ pub struct Outbound {
     http1: Client<HttpConnector, Body>,
     http2: Client<HttpConnector, Body>,
     /// One multiplexed HTTP/2-over-mTLS connection per meshed endpoint.
-    mesh_connections: std::sync::Mutex<std::collections::HashMap<SocketAddr, h2::client::SendRequest<Bytes>>>,
+    mesh_connections: std::sync::Mutex<crate::fast_hash::FastMap<SocketAddr, h2::client::SendRequest<Bytes>>>,
     pub(crate) handles: crate::metrics::HandleCache,
     /// Idle connections of the HTTP/1 fast path.
     pub(crate) h1_pool: crate::h1_forward::UpstreamPool,
@@ -433,14 +433,16 @@ impl Outbound {
     {
         let state = self.balancers.cluster(&cluster.name);
         let max_attempts = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
+        // Filled only when a request is retried, so most requests allocate nothing.
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let Some(endpoint) = state.pick(&cluster.endpoints, cluster.lb, hash_key, &tried, Instant::now()) else {
+            // One clock read per attempt serves the pick and the outcome's record.
+            let now = Instant::now();
+            let Some(endpoint) = state.pick(&cluster.endpoints, cluster.lb, hash_key, &tried, now) else {
                 return Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, format!("no healthy upstream in {}\n", cluster.name)));
             };
-            tried.push(endpoint);
             let sent = send(endpoint, attempt >= max_attempts)?;
             state.started(endpoint);
             let outcome = match route.timeout {
@@ -450,14 +452,14 @@ impl Outbound {
             let (retriable, result) = match outcome {
                 Ok((answer, code)) => {
                     let retriable = route.retry.as_ref().is_some_and(|p| (p.on_5xx && code >= 500) || p.status_codes.contains(&code));
-                    if state.finished(endpoint, code >= 500, cluster.endpoints.len(), Instant::now()) {
+                    if state.finished(endpoint, code >= 500, cluster.endpoints.len(), now) {
                         self.metrics.ejections.inc();
                         tracing::warn!(%endpoint, cluster = %cluster.name, "endpoint ejected after consecutive failures");
                     }
                     (retriable, Ok(answer))
                 }
                 Err(timeout_or_error) => {
-                    if state.finished(endpoint, true, cluster.endpoints.len(), Instant::now()) {
+                    if state.finished(endpoint, true, cluster.endpoints.len(), now) {
                         self.metrics.ejections.inc();
                     }
                     let retriable = route.retry.as_ref().is_some_and(|p| p.on_connect_failure || p.on_5xx);
@@ -471,6 +473,7 @@ impl Outbound {
                 return result;
             }
             drop(result);
+            tried.push(endpoint);
             self.metrics.retries.inc();
             if let Some(p) = &route.retry {
                 tokio::time::sleep(p.backoff.mul_f64(fastrand::f64() + 0.5)).await;
@@ -529,6 +532,14 @@ impl Outbound {
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1).
 pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    use hyper::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+    // Most messages carry none (and names a Connection header lists only
+    // count when there is one): a look at each name is cheaper than the
+    // removals' hash lookups.
+    let hop_by_hop = |n: &hyper::header::HeaderName| *n == CONNECTION || *n == TRANSFER_ENCODING || *n == UPGRADE || *n == TE || n.as_str() == "keep-alive" || n.as_str() == "proxy-connection";
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let named: Vec<String> = headers.get_all(hyper::header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase())).collect();
     for name in named.iter().map(String::as_str).chain(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"]) {
         headers.remove(name);
