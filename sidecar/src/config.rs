@@ -55,6 +55,10 @@ pub struct ClusterConfig {
     /// Meshed endpoints → the `namespace/serviceaccount` their certificate
     /// must name; reached with mTLS. The rest get plaintext.
     pub mtls: FastMap<SocketAddr, String>,
+    /// This cluster's balancing state, found by name in the proxy's
+    /// `Balancers` on first use and kept here, so that the requests after it
+    /// skip that lookup. A new config starts empty and finds the same state.
+    pub balancer: crate::lb::BalancerSlot,
 }
 
 #[derive(Debug, Clone)]
@@ -262,7 +266,7 @@ pub fn build(resources: &Resources) -> Result<ProxyConfig, ConfigError> {
         let (endpoints, mtls) = assignments.get(name).cloned().unwrap_or_else(inline);
         config.clusters.insert(
             name.clone(),
-            std::sync::Arc::new(ClusterConfig { name: name.clone(), http2, connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(1)), lb: lb_policy(&c), endpoints, mtls }),
+            std::sync::Arc::new(ClusterConfig { name: name.clone(), http2, connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(1)), lb: lb_policy(&c), endpoints, mtls, balancer: Default::default() }),
         );
     }
     for (name, any) in of(LISTENER_TYPE) {

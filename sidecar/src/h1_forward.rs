@@ -507,7 +507,7 @@ impl Outbound {
                 _ => None,
             };
             let Some(body_len) = body_len else {
-                tracing::trace!(reason = head.unsupported.unwrap_or("large or unframed body"), "HTTP/1 connection to the general path");
+                tracing::debug!(reason = head.unsupported.unwrap_or("large or unframed body"), "HTTP/1 connection to the general path");
                 return self.handoff(buf, tcp, destination).await;
             };
             let request_len = head.head_len + body_len;

@@ -122,6 +122,17 @@ impl ClusterState {
     }
 }
 
+/// A cluster config's link to its balancing state, filled on first use. It
+/// is not part of the config's value: configs that differ only here are equal.
+#[derive(Debug, Default, Clone)]
+pub struct BalancerSlot(std::sync::OnceLock<std::sync::Arc<ClusterState>>);
+
+impl PartialEq for BalancerSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// The balancing state of every cluster, by name.
 #[derive(Debug, Default)]
 pub struct Balancers {
@@ -135,6 +146,11 @@ impl Balancers {
             return std::sync::Arc::clone(state);
         }
         std::sync::Arc::clone(all.entry(name.to_string()).or_default())
+    }
+
+    /// The balancing state of `cluster`, cached in its config.
+    pub fn of<'a>(&self, cluster: &'a crate::config::ClusterConfig) -> &'a ClusterState {
+        cluster.balancer.0.get_or_init(|| self.cluster(&cluster.name))
     }
 }
 
@@ -205,6 +221,28 @@ mod tests {
         }
         // After the ejection time the endpoint is back.
         assert!((0..10).any(|_| s.pick(&e, LbPolicy::RoundRobin, 0, &[], now + BASE_EJECTION) == Some(e[0])));
+    }
+
+    #[test]
+    fn a_new_config_of_a_cluster_finds_its_balancing_state() {
+        let balancers = Balancers::default();
+        let config = |endpoints| crate::config::ClusterConfig {
+            name: "outbound|80||web.demo.svc.cluster.local".into(),
+            http2: false,
+            connect_timeout: Duration::from_secs(1),
+            lb: LbPolicy::RoundRobin,
+            endpoints,
+            mtls: Default::default(),
+            balancer: Default::default(),
+        };
+        let (old, new) = (config(eps(2)), config(eps(3)));
+        let e = eps(1)[0];
+        balancers.of(&old).started(e);
+        // Cached in the old config, looked up by name for the new one.
+        assert!(std::ptr::eq(balancers.of(&old), balancers.of(&old)));
+        assert!(std::ptr::eq(balancers.of(&old), balancers.of(&new)));
+        assert_eq!(balancers.of(&new).stats.lock().unwrap().get(&e).map(|s| s.active), Some(1));
+        assert_eq!(old.balancer, new.balancer, "the cache is not part of the config's value");
     }
 
     #[test]

@@ -431,7 +431,7 @@ impl Outbound {
         F: FnMut(SocketAddr, bool) -> Result<Fut, LocalReply>,
         Fut: std::future::Future<Output = Result<(R, u16), String>>,
     {
-        let state = self.balancers.cluster(&cluster.name);
+        let state = self.balancers.of(cluster);
         let max_attempts = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
         // Filled only when a request is retried, so most requests allocate nothing.
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -491,7 +491,7 @@ impl Outbound {
         let cluster = config.tcp.get(&destination).and_then(|c| config.clusters.get(c)).cloned();
         let (service, target) = match &cluster {
             Some(c) => {
-                let state = self.balancers.cluster(&c.name);
+                let state = self.balancers.of(c);
                 match state.pick(&c.endpoints, c.lb, 0, &[], Instant::now()) {
                     Some(ep) => (cluster_service(&c.name).to_string(), ep),
                     None => return,
