@@ -376,7 +376,16 @@ async fn relay_http2(app: &mut TcpStream, response: hyper::Response<h2::RecvStre
         };
     }
     if chunked {
-        out.extend_from_slice(b"0\r\n\r\n");
+        // Trailers (gRPC's status, for one) can only ride on a chunked body;
+        // with a length they are dropped, as HTTP/1.1 leaves no room for them.
+        let trailers = match body.trailers().await {
+            Ok(trailers) => trailers,
+            Err(e) => {
+                tracing::debug!(error = %e, "a peer proxy's response trailers failed");
+                return Next::Close;
+            }
+        };
+        http1::write_last_chunk(&mut out, trailers.as_ref());
     }
     finish_write(app, &out, close).await
 }
@@ -744,7 +753,8 @@ mod tests {
 
     #[tokio::test]
     async fn http2_answers_are_relayed_as_http1() {
-        // A real HTTP/2 server whose answer comes in three frames, apart, without a length.
+        // A real HTTP/2 server whose answer comes in three frames, apart,
+        // without a length, and ends with trailers.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -756,6 +766,9 @@ mod tests {
                         let _ = tx.send(Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(part)))).await;
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                    let _ = tx.send(Ok(hyper::body::Frame::trailers(trailers))).await;
                 });
                 Ok::<_, std::convert::Infallible>(hyper::Response::new(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx))))
             });
@@ -784,5 +797,6 @@ mod tests {
         let mut decoded = Vec::new();
         assert_eq!(scanner.scan_data(body.as_bytes(), |r| decoded.extend_from_slice(&body.as_bytes()[r])).unwrap(), Some(body.len()), "{text}");
         assert_eq!(decoded, b"one two three");
+        assert!(body.ends_with("0\r\ngrpc-status: 0\r\n\r\n"), "the trailers follow the last chunk: {text}");
     }
 }

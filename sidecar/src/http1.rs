@@ -435,6 +435,20 @@ pub fn write_response_head_from(out: &mut Vec<u8>, status: u16, headers: &hyper:
     out.extend_from_slice(b"\r\n");
 }
 
+/// Ends a chunked body: the last chunk, then the trailer fields of an
+/// HTTP/2 answer (gRPC's status travels there). Hop-by-hop fields and those
+/// that framing or routing depend on are left out, as RFC 9110 §6.5.1 asks.
+pub fn write_last_chunk(out: &mut Vec<u8>, trailers: Option<&hyper::HeaderMap>) {
+    use hyper::header::{CONTENT_LENGTH, HOST, TRAILER, TRANSFER_ENCODING};
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flat_map(forwarded_map) {
+        if ![CONTENT_LENGTH, TRANSFER_ENCODING, HOST, TRAILER].contains(name) {
+            put_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Finds where a chunked body ends, fed the bytes as they arrive (the bytes
 /// themselves are copied unchanged).
 #[derive(Debug, Clone, Default)]
@@ -660,6 +674,24 @@ mod tests {
             }
             assert_eq!((decoded.as_slice(), end.is_some()), (&b"hello world"[..], true), "split at {split}");
         }
+    }
+
+    #[test]
+    fn trailers_follow_the_last_chunk_without_framing_fields() {
+        let mut out = Vec::new();
+        write_last_chunk(&mut out, None);
+        assert_eq!(out, b"0\r\n\r\n");
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+        trailers.insert("grpc-message", hyper::header::HeaderValue::from_static("ok"));
+        trailers.insert("content-length", hyper::header::HeaderValue::from_static("5"));
+        trailers.insert("keep-alive", hyper::header::HeaderValue::from_static("timeout=5"));
+        out.clear();
+        write_last_chunk(&mut out, Some(&trailers));
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), "0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n");
+        // What it writes is a body end the chunked reader accepts.
+        let body = [b"3\r\nabc\r\n".as_slice(), &out].concat();
+        assert_eq!(ChunkedScanner::default().scan(&body).unwrap(), Some(body.len()));
     }
 
     #[test]
