@@ -438,9 +438,7 @@ impl Outbound {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            // One clock read per attempt serves the pick and the outcome's record.
-            let now = Instant::now();
-            let Some(endpoint) = state.pick(&cluster.endpoints, cluster.lb, hash_key, &tried, now) else {
+            let Some(endpoint) = state.pick(&cluster.endpoints, cluster.lb, hash_key, &tried, Instant::now()) else {
                 return Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, format!("no healthy upstream in {}\n", cluster.name)));
             };
             let sent = send(endpoint, attempt >= max_attempts)?;
@@ -452,14 +450,14 @@ impl Outbound {
             let (retriable, result) = match outcome {
                 Ok((answer, code)) => {
                     let retriable = route.retry.as_ref().is_some_and(|p| (p.on_5xx && code >= 500) || p.status_codes.contains(&code));
-                    if state.finished(endpoint, code >= 500, cluster.endpoints.len(), now) {
+                    if state.finished(endpoint, code >= 500, cluster.endpoints.len(), Instant::now()) {
                         self.metrics.ejections.inc();
                         tracing::warn!(%endpoint, cluster = %cluster.name, "endpoint ejected after consecutive failures");
                     }
                     (retriable, Ok(answer))
                 }
                 Err(timeout_or_error) => {
-                    if state.finished(endpoint, true, cluster.endpoints.len(), now) {
+                    if state.finished(endpoint, true, cluster.endpoints.len(), Instant::now()) {
                         self.metrics.ejections.inc();
                     }
                     let retriable = route.retry.as_ref().is_some_and(|p| p.on_connect_failure || p.on_5xx);
@@ -532,16 +530,15 @@ impl Outbound {
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1).
 pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    use hyper::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+    const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"];
     // Most messages carry none (and names a Connection header lists only
     // count when there is one): a look at each name is cheaper than the
     // removals' hash lookups.
-    let hop_by_hop = |n: &hyper::header::HeaderName| *n == CONNECTION || *n == TRANSFER_ENCODING || *n == UPGRADE || *n == TE || n.as_str() == "keep-alive" || n.as_str() == "proxy-connection";
-    if !headers.keys().any(hop_by_hop) {
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
         return;
     }
     let named: Vec<String> = headers.get_all(hyper::header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase())).collect();
-    for name in named.iter().map(String::as_str).chain(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"]) {
+    for name in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
         headers.remove(name);
     }
 }
@@ -560,6 +557,20 @@ pub fn cluster_service(cluster: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
+        let mut headers = hyper::HeaderMap::new();
+        for (name, value) in [("connection", "X-Trace, keep-alive"), ("x-trace", "1"), ("keep-alive", "timeout=5"), ("te", "trailers"), ("proxy-connection", "close"), ("content-type", "text/plain")] {
+            headers.append(name, hyper::header::HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.keys().map(|n| n.as_str()).collect::<Vec<_>>(), ["content-type"]);
+        let mut end_to_end = hyper::HeaderMap::new();
+        end_to_end.insert("x-trace", hyper::header::HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut end_to_end);
+        assert!(end_to_end.contains_key("x-trace"), "named by no Connection header, it stays");
+    }
 
     #[test]
     fn detection_by_first_bytes() {
