@@ -93,9 +93,13 @@ pub struct RunArgs {
     /// SPIFFE trust domain of peer identities.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
-    /// Requested certificate lifetime; renewed at half of it.
+    /// Requested certificate lifetime; renewed at `--cert-renew-fraction` of it.
     #[arg(long, default_value = "3600", value_parser = |s: &str| s.trim_end_matches('s').parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{s:?} is not seconds")))]
     pub cert_ttl: Duration,
+    /// How far into a certificate's life it is renewed (Istio's
+    /// SECRET_GRACE_PERIOD_RATIO, the other way round): 0.5 is halfway.
+    #[arg(long, default_value_t = 0.5, value_parser = renew_fraction)]
+    pub cert_renew_fraction: f64,
     /// Threads serving traffic (Istio's proxy concurrency defaults to 2, too).
     #[arg(long, env = "REVMESH_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
@@ -201,7 +205,7 @@ pub async fn run(args: RunArgs, set_log_level: crate::admin::SetLogLevel) -> any
         Some((root, server_name)) => {
             let (creds_tx, creds_rx) = tokio::sync::watch::channel(None);
             let ca = identity::CaClient { addr: args.control_plane.clone(), server_name: server_name.clone(), root_pem: root.clone(), token: identity::TokenSource::File(args.token_path.clone()) };
-            tokio::spawn(identity::keep_fresh(ca, args.cert_ttl, 0.5, creds_tx));
+            tokio::spawn(identity::keep_fresh(ca, args.cert_ttl, args.cert_renew_fraction, creds_tx));
             Some(crate::tls::Mesh::new(root, &args.trust_domain, creds_rx)?)
         }
         None => {
@@ -246,4 +250,25 @@ pub async fn run(args: RunArgs, set_log_level: crate::admin::SetLogLevel) -> any
         tracing::info!("drained");
     }
     Ok(())
+}
+
+/// A renewal point strictly inside a certificate's life.
+fn renew_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f < 1.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction between 0 and 1 (exclusive), such as 0.5")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_points_outside_a_certificates_life_are_refused() {
+        assert_eq!(renew_fraction("0.05"), Ok(0.05));
+        for bad in ["0", "1", "1.5", "-0.1", "half", "NaN"] {
+            assert!(renew_fraction(bad).unwrap_err().contains("between 0 and 1"), "{bad}");
+        }
+    }
 }

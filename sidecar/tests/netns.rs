@@ -274,6 +274,8 @@ fn captured_traffic_flows_through_the_sidecar() {
                 .args(["--control-plane", control_plane, "--control-plane-name", "control-plane-dev.revmesh-system.svc", "--ca-root", &root.display().to_string()])
                 .args(["--pod-name", &format!("{name}-0"), "--pod-namespace", "demo", "--workload", name, "--drain-grace", "5", "--inbound-mode", mode])
                 .args(["--token-path", &dir.path().join(format!("{name}.token")).display().to_string()])
+                // Renewal every 3 s (5% of the CA's shortest lifetime), so that the traffic below crosses renewals.
+                .args(["--cert-ttl", "60", "--cert-renew-fraction", "0.05"])
                 .stderr(std::fs::File::create(log).expect("log"))
                 .spawn()
                 .expect("sidecar"),
@@ -297,6 +299,41 @@ fn captured_traffic_flows_through_the_sidecar() {
     // HTTP/2 (prior knowledge), detected by its preface: every request succeeds.
     let (ok, h2) = output(in_ns(&app, &["h2load", "-n", "400", "-c", "4", "-m", "8", "http://10.96.0.10/"]));
     assert!(ok && h2.contains("400 succeeded, 0 failed"), "{h2}");
+
+    // Renewal before expiry, without dropping connections. Over 7 s both
+    // proxies renew at least twice; one app connection answers throughout,
+    // the proxies keep the mTLS connection they had, and a new handshake
+    // gets the server proxy's new certificate.
+    let issued = |p: &Path| log(p).matches("certificate issued").count();
+    let peer_connections = || -> Vec<String> {
+        let (_, ss) = output(in_ns(&app, &["ss", "-Htn", "state", "established", "dst", "10.77.0.2:8080"]));
+        let mut ends: Vec<String> = ss.lines().map(|l| l.split_whitespace().rev().take(2).collect::<Vec<_>>().join(" ")).collect();
+        ends.sort();
+        ends
+    };
+    let server_certificate = || {
+        let mut c = Command::new("nsenter");
+        c.args([&format!("--net=/run/netns/{app}"), "--setuid", "1337", "--setgid", "1337", "sh", "-c", "timeout 5 openssl s_client -connect 10.77.0.2:8080 -alpn revmesh-h2 </dev/null 2>/dev/null | openssl x509 -noout -serial"]);
+        output(c).1
+    };
+    let (issued_before, server_issued_before, connections_before, certificate_before) = (issued(&proxy_log), issued(&server_log), peer_connections(), server_certificate());
+    assert!(!connections_before.is_empty(), "no mTLS connection to the server proxy after the traffic above");
+    assert!(certificate_before.starts_with("serial="), "{certificate_before}");
+    let steady = on_thread_in(&app, || {
+        let mut conn = None;
+        // A failed exchange leaves the connection broken, so all 200s means one connection served them all.
+        (0..35).map(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            get(&mut conn, "10.96.0.10:80", "10.96.0.10")
+        }).collect::<Vec<_>>()
+    });
+    let answers = steady.join().expect("steady client");
+    assert!(answers.iter().all(|a| *a == Some(200)), "answers across renewals: {answers:?}");
+    assert!(issued(&proxy_log) >= issued_before + 2 && issued(&server_log) >= server_issued_before + 2, "renewals: client {} -> {}, server {} -> {}", issued_before, issued(&proxy_log), server_issued_before, issued(&server_log));
+    assert_eq!(peer_connections(), connections_before, "the mTLS connection between the proxies was replaced");
+    let certificate_after = server_certificate();
+    assert!(certificate_after.starts_with("serial=") && certificate_after != certificate_before, "{certificate_before} then {certificate_after}");
+    eprintln!("renewals: client {} -> {}, server {} -> {}; {} answers on one connection", issued_before, issued(&proxy_log), server_issued_before, issued(&server_log), answers.len());
 
     // Opaque TCP: bytes echo back through the TCP chain for the service IP.
     let echoed = on_thread_in(&app, || {
