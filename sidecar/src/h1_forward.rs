@@ -573,6 +573,7 @@ impl Outbound {
             Some((_, None)) => (Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no cluster for this route\n")), BLACKHOLE),
             // No mesh route: pass through to where the app was going.
             None if self.captured => {
+                // Boxed: a rare path, kept out of the size of every exchange's future.
                 let sent = Box::pin(self.attempt(destination, PASSTHROUGH_CONNECT_TIMEOUT, request, head)).await;
                 (sent.map(|(a, _)| Reply::Http1(a)).map_err(|e| LocalReply::new(StatusCode::BAD_GATEWAY, format!("upstream {destination}: {e}\n"))), PASSTHROUGH)
             }

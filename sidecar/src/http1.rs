@@ -439,10 +439,11 @@ pub fn write_response_head_from(out: &mut Vec<u8>, status: u16, headers: &hyper:
 /// HTTP/2 answer (gRPC's status travels there). Hop-by-hop fields and those
 /// that framing or routing depend on are left out, as RFC 9110 §6.5.1 asks.
 pub fn write_last_chunk(out: &mut Vec<u8>, trailers: Option<&hyper::HeaderMap>) {
-    use hyper::header::{CONTENT_LENGTH, HOST, TRAILER, TRANSFER_ENCODING};
+    use hyper::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
     out.extend_from_slice(b"0\r\n");
+    // `forwarded_map` already drops the hop-by-hop ones (Trailer among them).
     for (name, value) in trailers.into_iter().flat_map(forwarded_map) {
-        if ![CONTENT_LENGTH, TRANSFER_ENCODING, HOST, TRAILER].contains(name) {
+        if ![CONTENT_LENGTH, TRANSFER_ENCODING, HOST].contains(name) {
             put_header(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
