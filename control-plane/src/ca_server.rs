@@ -31,10 +31,27 @@ pub enum AuthError {
     Review(String),
 }
 
+/// What a token proved: the service account, and the pod when the token is
+/// bound to one (projected tokens are; TokenReview names the pod in `extra`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reviewed {
+    pub identity: Identity,
+    /// The pod's name (in the identity's namespace).
+    pub pod: Option<String>,
+}
+
+/// TokenReview's `extra` key naming the pod a bound token belongs to.
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+
 impl Authenticator {
     pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        self.review(token).await.map(|r| r.identity)
+    }
+
+    /// Checks a token and says whom it belongs to.
+    pub async fn review(&self, token: &str) -> Result<Reviewed, AuthError> {
         match self {
-            Authenticator::Bootstrap(tokens) => tokens.get(token).cloned().ok_or(AuthError::Rejected),
+            Authenticator::Bootstrap(tokens) => tokens.get(token).cloned().map(|identity| Reviewed { identity, pod: None }).ok_or(AuthError::Rejected),
             Authenticator::TokenReview { client, audience } => {
                 let review = TokenReview {
                     spec: TokenReviewSpec { token: token.to_string(), audiences: Some(vec![audience.clone()]) },
@@ -51,9 +68,19 @@ impl Authenticator {
                         return Err(AuthError::Rejected);
                     }
                 }
-                let user = status.user.and_then(|u| u.username).ok_or(AuthError::NotAServiceAccount)?;
-                Identity::from_service_account_username(&user).ok_or(AuthError::NotAServiceAccount)
+                let user = status.user.ok_or(AuthError::NotAServiceAccount)?;
+                let pod = user.extra.as_ref().and_then(|e| e.get(POD_NAME_EXTRA)).and_then(|v| v.first()).filter(|p| !p.is_empty()).cloned();
+                let identity = user.username.as_deref().and_then(Identity::from_service_account_username).ok_or(AuthError::NotAServiceAccount)?;
+                Ok(Reviewed { identity, pod })
             }
+        }
+    }
+
+    /// The Kubernetes client, when tokens are reviewed by the API server.
+    pub fn kube_client(&self) -> Option<&kube::Client> {
+        match self {
+            Authenticator::TokenReview { client, .. } => Some(client),
+            Authenticator::Bootstrap(_) => None,
         }
     }
 }
@@ -196,9 +223,17 @@ impl rustls::server::ResolvesServerCert for SelfIssued {
 
 /// TLS for the xDS + CA port: h2 for gRPC, HTTP/1.1 for plain CA clients.
 pub fn tls_acceptor(svc: Arc<CaService>, dns_names: Vec<String>) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let resolver = Arc::new(SelfIssued::new(svc, dns_names)?);
-    let mut config = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_no_client_auth().with_cert_resolver(resolver);
+    let resolver = Arc::new(SelfIssued::new(Arc::clone(&svc), dns_names)?);
+    // A client certificate is optional (CA clients have none yet), but one that
+    // is presented must chain to the mesh root: xDS then trusts its SPIFFE URI.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(svc.ca.root_pem().as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider)).allow_unauthenticated().build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_client_cert_verifier(verifier).with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

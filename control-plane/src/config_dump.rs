@@ -84,12 +84,22 @@ fn listener(l: &Listener) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut out = json!({
         "name": l.name,
         "address": socket(&l.address),
         "listenerFilters": l.listener_filters.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
         "filterChains": chains,
-    })
+    });
+    // A proxyless gRPC client's listener: no address, its routes inline.
+    if let Some(any) = l.api_listener.as_ref().and_then(|a| a.api_listener.as_ref()) {
+        out["apiListener"] = match HttpConnectionManager::decode(any.value.as_slice()).map(|h| h.route_specifier) {
+            Ok(Some(http_connection_manager::RouteSpecifier::RouteConfig(rc))) => json!({"routes": routes(&rc)}),
+            Ok(Some(http_connection_manager::RouteSpecifier::Rds(rds))) => json!({"rds": rds.route_config_name}),
+            Ok(_) => json!({}),
+            Err(e) => json!({"error": format!("does not decode: {e}")}),
+        };
+    }
+    out
 }
 
 fn routes(rc: &RouteConfiguration) -> Value {
@@ -109,7 +119,7 @@ fn routes(rc: &RouteConfiguration) -> Value {
                         _ => String::new(),
                     };
                     let headers: Vec<String> = r.r#match.iter().flat_map(|m| &m.headers).map(|h| h.name.clone()).collect();
-                    let (clusters, timeout, retries) = match &r.action {
+                    let (clusters, timeout, retries, max_stream) = match &r.action {
                         Some(route::Action::Route(a)) => {
                             let clusters = match &a.cluster_specifier {
                                 Some(route_action::ClusterSpecifier::Cluster(c)) => json!([{"cluster": c, "weight": 1}]),
@@ -118,11 +128,17 @@ fn routes(rc: &RouteConfiguration) -> Value {
                                 }
                                 _ => Value::Null,
                             };
-                            (clusters, seconds(&a.timeout), a.retry_policy.as_ref().and_then(|p| p.num_retries.as_ref()).map(|n| n.value))
+                            let max_stream = a.max_stream_duration.as_ref().map(|d| seconds(&d.max_stream_duration));
+                            (clusters, seconds(&a.timeout), a.retry_policy.as_ref().and_then(|p| p.num_retries.as_ref()).map(|n| n.value), max_stream)
                         }
-                        _ => (Value::Null, Value::Null, None),
+                        _ => (Value::Null, Value::Null, None, None),
                     };
-                    json!({"path": path, "headers": headers, "clusters": clusters, "timeoutSeconds": timeout, "retries": retries})
+                    let mut route = json!({"path": path, "headers": headers, "clusters": clusters, "timeoutSeconds": timeout, "retries": retries});
+                    // gRPC's deadline for the route (API listeners only).
+                    if let Some(d) = max_stream {
+                        route["maxStreamDurationSeconds"] = d;
+                    }
+                    route
                 })
                 .collect();
             json!({"name": vh.name, "domains": vh.domains, "routes": routes})

@@ -19,6 +19,8 @@ use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use prost::Message;
 use std::pin::Pin;
+use std::sync::Arc;
+use crate::xds_auth::{Admitted, PeerCertificate, XdsAuth};
 use std::task::{Context, Poll};
 use tokio_stream::Stream;
 use tonic::codec::Streaming;
@@ -30,6 +32,25 @@ pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
 pub const ADS_SERVICE: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/";
 const SOTW_METHOD: &str = "StreamAggregatedResources";
 const DELTA_METHOD: &str = "DeltaAggregatedResources";
+
+/// What an xDS call on a connection must prove before it is served.
+#[derive(Clone)]
+pub enum Gate {
+    /// The plaintext development port: nothing.
+    Open,
+    /// The TLS port: a workload identity, from the connection's client
+    /// certificate or the call's token.
+    Authenticated { auth: Arc<XdsAuth>, peer: PeerCertificate },
+}
+
+impl Gate {
+    async fn admit(&self, headers: &HeaderMap) -> Result<Admitted, Status> {
+        match self {
+            Gate::Open => Ok(Admitted::unchecked()),
+            Gate::Authenticated { auth, peer } => auth.admit(headers, peer).await,
+        }
+    }
+}
 
 /// Largest request accepted (a reconnecting proxy lists every resource it has).
 const MAX_REQUEST: usize = 16 * 1024 * 1024;
@@ -111,27 +132,38 @@ where
     response
 }
 
-/// Serves one ADS call.
-pub async fn serve_ads(service: &AdsService, request: Request<Incoming>) -> Response<HttpBody> {
+/// Serves one ADS call; `gate` says who the caller must prove to be.
+pub async fn serve_ads(service: &AdsService, request: Request<Incoming>, gate: &Gate) -> Response<HttpBody> {
     let is_grpc = request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"));
     if !is_grpc {
         let mut r = Response::new(http_body_util::Full::new(Bytes::from_static(b"xDS is served over gRPC (content-type application/grpc)\n")).map_err(|never| match never {}).boxed_unsync());
         *r.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
         return r;
     }
+    let caller = match gate.admit(request.headers()).await {
+        Ok(c) => c,
+        Err(status) => {
+            tracing::info!(code = ?status.code(), reason = %status.message(), "xDS call refused");
+            return failed(&status);
+        }
+    };
     let method = request.uri().path().strip_prefix(ADS_SERVICE).unwrap_or_default().to_string();
     let body = request.into_body();
     match method.as_str() {
         SOTW_METHOD => {
             let requests = Streaming::new_request(tonic_prost::ProstDecoder::<DiscoveryRequest>::default(), body, None, Some(MAX_REQUEST));
-            match service.stream_aggregated_resources(tonic::Request::new(requests)).await {
+            let mut call = tonic::Request::new(requests);
+            call.extensions_mut().insert(caller);
+            match service.stream_aggregated_resources(call).await {
                 Ok(r) => streamed(r.into_inner()),
                 Err(status) => failed(&status),
             }
         }
         DELTA_METHOD => {
             let requests = Streaming::new_request(tonic_prost::ProstDecoder::<DeltaDiscoveryRequest>::default(), body, None, Some(MAX_REQUEST));
-            match service.delta_aggregated_resources(tonic::Request::new(requests)).await {
+            let mut call = tonic::Request::new(requests);
+            call.extensions_mut().insert(caller);
+            match service.delta_aggregated_resources(call).await {
                 Ok(r) => streamed(r.into_inner()),
                 Err(status) => failed(&status),
             }

@@ -64,6 +64,8 @@ pub struct Endpoint {
     pub ready: bool,
     /// port name ("" when unnamed) → port number
     pub ports: BTreeMap<String, u16>,
+    /// The endpoint's zone (EndpointSlice `zone`): its locality in EDS.
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

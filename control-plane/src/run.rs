@@ -9,6 +9,7 @@ use crate::config_dump;
 use crate::source::{dir, kubernetes};
 use crate::status::ProxyRegistry;
 use crate::xds::{AdsServer, AdsService, Published};
+use crate::xds_auth::XdsAuth;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -31,8 +32,10 @@ pub struct Settings {
     /// API server from KUBECONFIG or the in-cluster service account).
     #[arg(long, default_value = "dir:./examples/mesh")]
     pub source: String,
-    /// Plaintext xDS (ADS) address.
-    #[arg(long, default_value = "0.0.0.0:15010")]
+    /// Plaintext xDS (ADS) address. No caller is authenticated here, so it is
+    /// for local development and listens on loopback by default; proxies use
+    /// the TLS port.
+    #[arg(long, default_value = "127.0.0.1:15010")]
     pub xds_listen: SocketAddr,
     /// Debug and metrics address: /debug/syncz, /metrics.
     #[arg(long, default_value = "0.0.0.0:15014")]
@@ -71,6 +74,10 @@ pub struct Settings {
     /// Dir source: bootstrap tokens, lines of `<token> <namespace>/<serviceaccount>`.
     #[arg(long)]
     pub ca_bootstrap_tokens: Option<PathBuf>,
+    /// How long a reviewed xDS token is trusted before it is reviewed again
+    /// (never past the token's own expiry).
+    #[arg(long, default_value = "60s", value_parser = revmesh_duration::parse)]
+    pub xds_token_cache_ttl: Duration,
     /// Proxies being pushed to at once; the others wait their turn (bounds memory
     /// and CPU when many proxies connect or a large change lands).
     #[arg(long, default_value_t = 100)]
@@ -167,8 +174,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let plain = bind(settings.xds_listen).await?;
     let tls = bind(settings.tls_listen).await?;
     let debug = bind(settings.debug_listen).await?;
-    tokio::spawn(serve::serve(plain, None, Endpoints { ads: ads.clone(), ca: None }));
-    tokio::spawn(serve::serve(tls, Some(acceptor), Endpoints { ads, ca: Some(ca_service) }));
+    let xds_auth = Arc::new(XdsAuth::new(Arc::clone(&ca_service), settings.xds_token_cache_ttl, &registry, &settings.revision));
+    if !settings.xds_listen.ip().is_loopback() {
+        tracing::warn!(xds = %settings.xds_listen, "plaintext xDS listens beyond loopback: anyone who reaches it reads the mesh's config unauthenticated (local development only)");
+    }
+    tokio::spawn(serve::serve(plain, None, Endpoints { ads: ads.clone(), ca: None, xds_auth: None }));
+    tokio::spawn(serve::serve(tls, Some(acceptor), Endpoints { ads, ca: Some(ca_service), xds_auth: Some(xds_auth) }));
     tokio::spawn(serve_debug(debug, Arc::clone(&registry), Arc::clone(&server)));
     tracing::info!(revision = %settings.revision, xds = %settings.xds_listen, tls = %settings.tls_listen, debug = %settings.debug_listen, "control plane serving");
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;

@@ -1,13 +1,16 @@
 //! The control plane's two serving ports, per DESIGN.md:
-//! * 15010: xDS over plaintext gRPC, for local development;
+//! * 15010: xDS over plaintext gRPC, for local development (no caller is
+//!   authenticated; it listens on loopback by default);
 //! * 15012: xDS and the CA over TLS, with the serving certificate issued by the
-//!   mesh CA, so proxies verify it with the root they were given.
+//!   mesh CA, so proxies verify it with the root they were given. xDS callers
+//!   prove their workload identity ([`crate::xds_auth`]).
 //!
 //! Both run on hyper. ADS calls go to [`grpc::serve_ads`] and everything else
 //! on the TLS port goes to the CA.
 
 use crate::ca_server::{self, CaService};
-use crate::grpc::{self, HttpBody};
+use crate::grpc::{self, Gate, HttpBody};
+use crate::xds_auth::{self, XdsAuth};
 use crate::xds::AdsService;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -23,11 +26,14 @@ pub struct Endpoints {
     pub ads: AdsService,
     /// Served on the TLS port only: tokens never travel in plaintext.
     pub ca: Option<Arc<CaService>>,
+    /// On the TLS port: xDS callers must prove their workload identity.
+    /// None (the plaintext port): xDS is open, for local development.
+    pub xds_auth: Option<Arc<XdsAuth>>,
 }
 
-async fn route(request: Request<hyper::body::Incoming>, endpoints: Endpoints) -> Response<HttpBody> {
+async fn route(request: Request<hyper::body::Incoming>, endpoints: Endpoints, gate: Gate) -> Response<HttpBody> {
     if grpc::is_ads(request.uri().path()) {
-        return grpc::serve_ads(&endpoints.ads, request).await;
+        return grpc::serve_ads(&endpoints.ads, request, &gate).await;
     }
     match endpoints.ca {
         Some(ca) => ca_server::handle(request, ca).await.map(|b| b.map_err(|never| match never {}).boxed_unsync()),
@@ -58,19 +64,29 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Option<tokio_rustls::
         let _ = tcp.set_nodelay(true);
         let (tls, endpoints, builder) = (tls.clone(), endpoints.clone(), Arc::clone(&builder));
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let endpoints = endpoints.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(req, endpoints).await) }
-            });
+            let identity_check = endpoints.xds_auth.clone();
+            let service = |gate: Gate| {
+                hyper::service::service_fn(move |req| {
+                    let (endpoints, gate) = (endpoints.clone(), gate.clone());
+                    async move { Ok::<_, std::convert::Infallible>(route(req, endpoints, gate).await) }
+                })
+            };
             let result = match tls {
                 Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
+                    Ok(stream) => {
+                        // The certificate (if any) was verified against the mesh root in the handshake.
+                        let gate = match &identity_check {
+                            Some(auth) => Gate::Authenticated { peer: xds_auth::peer_certificate(stream.get_ref().1.peer_certificates(), auth.trust_domain()), auth: Arc::clone(auth) },
+                            None => Gate::Open,
+                        };
+                        builder.serve_connection(TokioIo::new(stream), service(gate)).await
+                    }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;
                     }
                 },
-                None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                None => builder.serve_connection(TokioIo::new(tcp), service(Gate::Open)).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

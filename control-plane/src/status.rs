@@ -68,6 +68,10 @@ pub struct Nack {
 pub struct ProxySync {
     pub id: String,
     pub revision: String,
+    /// The build the proxy says it runs (node metadata `REVMESH_PROXY_VERSION`,
+    /// which Revmesh's sidecar sends); absent for clients that do not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_version: Option<String>,
     /// sotw or delta
     pub mode: String,
     pub connected_unix_seconds: u64,
@@ -163,7 +167,7 @@ impl ProxyRegistry {
     pub fn connect(self: &Arc<Self>, node_id: &str, revision: &str, mode: &str) -> ProxyHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut p) = self.proxies.lock() {
-            p.insert(id, ProxySync { id: node_id.into(), revision: revision.into(), mode: mode.into(), connected_unix_seconds: unix_now(), types: BTreeMap::new() });
+            p.insert(id, ProxySync { id: node_id.into(), revision: revision.into(), proxy_version: None, mode: mode.into(), connected_unix_seconds: unix_now(), types: BTreeMap::new() });
         }
         self.connected.get_or_create(&self.rev()).inc();
         ProxyHandle { registry: Arc::clone(self), id }
@@ -191,6 +195,15 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
+    /// Records the version the proxy reported when it connected.
+    pub fn set_proxy_version(&self, version: Option<String>) {
+        if let Ok(mut p) = self.registry.proxies.lock() {
+            if let Some(proxy) = p.get_mut(&self.id) {
+                proxy.proxy_version = version;
+            }
+        }
+    }
+
     fn with_type(&self, type_url: &str, f: impl FnOnce(&mut TypeSync)) {
         if let Ok(mut p) = self.registry.proxies.lock() {
             if let Some(proxy) = p.get_mut(&self.id) {

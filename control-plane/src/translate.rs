@@ -11,7 +11,7 @@
 use crate::model::*;
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion, CidrRange, ConfigSource, SocketAddress,
+    address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion, CidrRange, ConfigSource, Locality, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::listener::v3::{filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter};
@@ -73,7 +73,7 @@ fn ads() -> ConfigSource {
     }
 }
 
-fn duration(d: std::time::Duration) -> PbDuration {
+pub(crate) fn duration(d: std::time::Duration) -> PbDuration {
     PbDuration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
@@ -148,20 +148,30 @@ fn endpoint_port(sp: &ServicePort, ep: &Endpoint) -> Option<u16> {
     }
 }
 
+/// Ready endpoints grouped by zone (EndpointSlice `zone`; one locality with
+/// an empty zone otherwise). Each locality weighs its endpoint count, so a
+/// client balancing by locality first (gRPC, which also ignores a locality
+/// without a weight) spreads load evenly over endpoints, as Envoy does.
 pub fn load_assignment(name: &str, sp: &ServicePort, eps: &[Endpoint], meshed: &BTreeMap<std::net::IpAddr, String>) -> ClusterLoadAssignment {
-    let lb_endpoints = eps
-        .iter()
-        .filter(|e| e.ready)
-        .filter_map(|e| {
-            let port = endpoint_port(sp, e)?;
-            Some(LbEndpoint {
-                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint { address: Some(socket(e.ip, port)), ..Default::default() })),
-                metadata: meshed.get(&e.ip).map(|identity| mesh_metadata(identity)),
-                ..Default::default()
-            })
+    let mut by_zone: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    for e in eps.iter().filter(|e| e.ready) {
+        let Some(port) = endpoint_port(sp, e) else { continue };
+        by_zone.entry(e.zone.as_deref().unwrap_or("")).or_default().push(LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint { address: Some(socket(e.ip, port)), ..Default::default() })),
+            metadata: meshed.get(&e.ip).map(|identity| mesh_metadata(identity)),
+            ..Default::default()
+        });
+    }
+    let endpoints = by_zone
+        .into_iter()
+        .map(|(zone, lb_endpoints)| LocalityLbEndpoints {
+            locality: Some(Locality { zone: zone.to_string(), ..Default::default() }),
+            load_balancing_weight: Some(UInt32Value { value: u32::try_from(lb_endpoints.len()).unwrap_or(u32::MAX) }),
+            lb_endpoints,
+            ..Default::default()
         })
         .collect();
-    ClusterLoadAssignment { cluster_name: name.into(), endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }], ..Default::default() }
+    ClusterLoadAssignment { cluster_name: name.into(), endpoints, ..Default::default() }
 }
 
 /// Filter metadata key under which an endpoint's mesh facts travel.
@@ -193,7 +203,7 @@ fn string_exact(v: &str) -> StringMatcher {
     StringMatcher { match_pattern: Some(string_matcher::MatchPattern::Exact(v.into())), ..Default::default() }
 }
 
-fn regex(v: &str) -> RegexMatcher {
+pub(crate) fn regex(v: &str) -> RegexMatcher {
     RegexMatcher { regex: v.into(), ..Default::default() }
 }
 
@@ -209,8 +219,11 @@ fn envoy_match(m: &RouteMatch) -> EnvoyRouteMatch {
         Some(route_match::PathSpecifier::PathSeparatedPrefix(p)) if p.is_empty() => Some(route_match::PathSpecifier::Prefix("/".into())),
         other => other,
     };
-    let headers = m
-        .headers
+    EnvoyRouteMatch { path_specifier, headers: header_matchers(m), ..Default::default() }
+}
+
+pub(crate) fn header_matchers(m: &RouteMatch) -> Vec<HeaderMatcher> {
+    m.headers
         .iter()
         .map(|h| HeaderMatcher {
             name: h.name.clone(),
@@ -221,16 +234,17 @@ fn envoy_match(m: &RouteMatch) -> EnvoyRouteMatch {
             })),
             ..Default::default()
         })
-        .collect();
-    EnvoyRouteMatch { path_specifier, headers, ..Default::default() }
+        .collect()
 }
 
-fn action(rule: &RouteRule) -> RouteAction {
+/// One cluster, or a weighted split over the backends that weigh more than 0;
+/// None when none does.
+pub(crate) fn cluster_specifier(rule: &RouteRule) -> Option<route_action::ClusterSpecifier> {
     let live: Vec<&Backend> = rule.backends.iter().filter(|b| b.weight > 0).collect();
-    let cluster_specifier = if live.len() == 1 {
-        route_action::ClusterSpecifier::Cluster(cluster_name(&live[0].service, live[0].port))
-    } else {
-        route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+    Some(match live.as_slice() {
+        [] => return None,
+        [one] => route_action::ClusterSpecifier::Cluster(cluster_name(&one.service, one.port)),
+        _ => route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: live
                 .iter()
                 .map(|b| weighted_cluster::ClusterWeight {
@@ -240,25 +254,57 @@ fn action(rule: &RouteRule) -> RouteAction {
                 })
                 .collect(),
             ..Default::default()
-        })
-    };
+        }),
+    })
+}
+
+fn action(rule: &RouteRule) -> RouteAction {
+    // No live backend: an empty split, which Envoy answers with an error, as
+    // Gateway API asks.
+    let cluster_specifier = cluster_specifier(rule).unwrap_or_else(|| route_action::ClusterSpecifier::WeightedClusters(WeightedCluster::default()));
     RouteAction {
         cluster_specifier: Some(cluster_specifier),
         // Gateway API: no timeout means none; Envoy's default would be 15 s.
         timeout: Some(duration(rule.timeout.unwrap_or_default())),
-        retry_policy: rule.retry.as_ref().map(|r| RetryPolicy {
+        retry_policy: Some(rule.retry.as_ref().map_or_else(default_retry_policy, |r| RetryPolicy {
             retry_on: r.on.clone(),
             num_retries: Some(UInt32Value { value: r.attempts }),
             retry_back_off: r.backoff.map(|b| retry_policy::RetryBackOff { base_interval: Some(duration(b)), ..Default::default() }),
             retriable_status_codes: retriable_codes(&r.on),
             ..Default::default()
-        }),
+        })),
+        ..Default::default()
+    }
+}
+
+/// Istio's default for routes that name no retries: up to 2 more attempts
+/// when the request never reached an app (connection refused or reset,
+/// a stream refused by a draining peer's GOAWAY) or the peer answered 503
+/// (its app is gone). Without it, every pod restart during an upgrade fails
+/// the requests in flight to it.
+pub const DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+
+fn default_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: DEFAULT_RETRY_ON.into(),
+        num_retries: Some(UInt32Value { value: 2 }),
+        retriable_status_codes: vec![503],
         ..Default::default()
     }
 }
 
 fn retriable_codes(on: &str) -> Vec<u32> {
     on.split_once("retriable-status-codes:").map(|(_, codes)| codes.split(',').filter_map(|c| c.parse().ok()).collect()).unwrap_or_default()
+}
+
+/// The rules of every HTTPRoute attached to a service port, in order.
+pub(crate) fn attached_rules<'m>(model: &'m MeshModel, service: &ServiceKey, port: u16) -> Vec<&'m RouteRule> {
+    model
+        .routes
+        .iter()
+        .filter(|r| r.parents.iter().any(|(k, p)| k == service && p.is_none_or(|p| p == port)))
+        .flat_map(|r| r.rules.iter())
+        .collect()
 }
 
 fn outbound_routes(model: &MeshModel) -> RouteConfiguration {
@@ -268,12 +314,7 @@ fn outbound_routes(model: &MeshModel) -> RouteConfiguration {
     let mut used_domains = std::collections::HashSet::new();
     for svc in model.services.values() {
         for sp in svc.ports.iter().filter(|p| p.protocol != Protocol::Tcp) {
-            let attached: Vec<&RouteRule> = model
-                .routes
-                .iter()
-                .filter(|r| r.parents.iter().any(|(k, port)| *k == svc.key && port.is_none_or(|p| p == sp.port)))
-                .flat_map(|r| r.rules.iter())
-                .collect();
+            let attached = attached_rules(model, &svc.key, sp.port);
             let routes = if attached.is_empty() {
                 vec![Route {
                     r#match: Some(envoy_match(&RouteMatch::default())),
@@ -311,15 +352,15 @@ fn outbound_routes(model: &MeshModel) -> RouteConfiguration {
     RouteConfiguration { name: OUTBOUND_ROUTE.into(), virtual_hosts, ..Default::default() }
 }
 
+pub(crate) fn router_filter() -> HttpFilter {
+    HttpFilter { name: "envoy.filters.http.router".into(), config_type: Some(http_filter::ConfigType::TypedConfig(pack(&Router::default()))), ..Default::default() }
+}
+
 fn outbound_listener(model: &MeshModel, proxy: &ProxyContext) -> Listener {
     let hcm = HttpConnectionManager {
         stat_prefix: "outbound_http".into(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds { config_source: Some(ads()), route_config_name: OUTBOUND_ROUTE.into() })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack(&Router::default()))),
-            ..Default::default()
-        }],
+        http_filters: vec![router_filter()],
         ..Default::default()
     };
     let mut filter_chains = vec![FilterChain {

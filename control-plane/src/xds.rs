@@ -1,14 +1,23 @@
 //! The ADS server: State-of-the-World and Delta, per Envoy's xds_protocol.
 //!
 //! * Each stream belongs to one proxy; its first request must carry the node,
-//!   whose metadata `REVMESH_REVISION` must name this control plane's revision.
+//!   whose metadata `REVMESH_REVISION` must name this control plane's revision,
+//!   and which must claim the identity the caller proved ([`crate::xds_auth`]).
 //! * Per type, the server tracks the subscription, the nonce of its last
 //!   response and what the proxy ACKed or NACKed. A NACK leaves the proxy on its
 //!   last good config; the server does not resend until the config changes.
-//! * LDS and CDS are wildcard (all resources); EDS and RDS are by name.
+//! * LDS and CDS are wildcard (all resources) unless the first request names
+//!   resources; EDS and RDS are by name.
+//! * A listener asked for by name that names a Service port (`<host>:<port>`)
+//!   is a proxyless gRPC client's API listener ([`crate::proxyless`]), made for
+//!   that stream only: wildcard subscribers never see one. A name that exists
+//!   nowhere is left out of State-of-the-World responses (gRPC then reports it
+//!   missing after its does-not-exist timer) and is answered in Delta's
+//!   `removed_resources`; both are logged with the reason.
 //! * Pushes go in make-before-break order: clusters, endpoints, listeners, routes.
 
 use crate::model::MeshModel;
+use crate::proxyless;
 use crate::status::{ProxyRegistry, TypeStatus};
 use crate::translate::{self, ProxyContext, Resources, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -53,6 +62,11 @@ pub struct AdsServer {
 struct ProxyEntry {
     ctx: ProxyContext,
     ips: Vec<std::net::IpAddr>,
+    /// What a proxyless gRPC client's API listeners depend on: its namespace
+    /// and the listener names its streams ask for, with how many streams ask
+    /// (gRPC opens one ADS stream per channel target, all with the same node).
+    namespace: Option<String>,
+    listeners: BTreeMap<String, usize>,
     streams: usize,
 }
 
@@ -107,10 +121,37 @@ impl AdsServer {
 
     fn stream_opened(&self, node_id: &str, ctx: &ProxyContext, ips: &[std::net::IpAddr]) {
         if let Ok(mut p) = self.proxies.lock() {
-            let e = p.entry(node_id.to_string()).or_insert_with(|| ProxyEntry { ctx: ctx.clone(), ips: ips.to_vec(), streams: 0 });
+            let e = p.entry(node_id.to_string()).or_insert_with(|| ProxyEntry {
+                ctx: ctx.clone(),
+                ips: ips.to_vec(),
+                namespace: None,
+                listeners: BTreeMap::new(),
+                streams: 0,
+            });
             e.ctx = ctx.clone();
             e.ips = ips.to_vec();
             e.streams += 1;
+        }
+    }
+
+    /// Records that a stream of `node_id` now asks for the listeners `after`
+    /// instead of `before`, for config_dump.
+    fn listeners_asked(&self, node_id: &str, namespace: Option<&str>, before: &BTreeSet<String>, after: &BTreeSet<String>) {
+        if let Ok(mut p) = self.proxies.lock() {
+            if let Some(e) = p.get_mut(node_id) {
+                e.namespace = namespace.map(str::to_string);
+                for name in before {
+                    if let Some(count) = e.listeners.get_mut(name) {
+                        *count -= 1;
+                        if *count == 0 {
+                            e.listeners.remove(name);
+                        }
+                    }
+                }
+                for name in after {
+                    *e.listeners.entry(name.clone()).or_default() += 1;
+                }
+            }
         }
     }
 
@@ -131,7 +172,8 @@ impl AdsServer {
         let entry = self.proxies.lock().ok()?.get(node_id).cloned()?;
         let published = self.model.borrow().clone();
         let shared = self.resources(&entry.ctx, &published).await;
-        Some(ProxyResources { shared, own: translate::inbound(&published.model, &entry.ips, &entry.ctx) })
+        let own = own_resources(&published.model, &entry.ips, &entry.ctx, entry.namespace.as_deref(), entry.listeners.keys().map(String::as_str));
+        Some(ProxyResources { shared, own })
     }
 
     /// Resources for a proxy context at the current model version; proxies with
@@ -194,6 +236,54 @@ pub fn admit_node(node: Option<&Node>, revision: &str) -> Result<(String, ProxyC
         ips.push(ip.parse().map_err(|_| Status::invalid_argument(format!("node metadata INSTANCE_IPS entry {ip:?} is not an IP address")))?);
     }
     Ok((node.id.clone(), ctx, ips))
+}
+
+/// The build a proxy says it runs: node metadata `REVMESH_PROXY_VERSION`
+/// (Revmesh's sidecar sets it from its image), shown in `/debug/syncz` so
+/// `meshctl proxy-status` tells two builds of one revision apart.
+pub fn reported_proxy_version(node: Option<&Node>) -> Option<String> {
+    node.and_then(|n| metadata_string(n, "REVMESH_PROXY_VERSION")).filter(|v| !v.is_empty())
+}
+
+/// The namespace a client says it runs in (node metadata `NAMESPACE`, as
+/// Istio names it): where a proxyless gRPC client's short host names resolve.
+pub fn node_namespace(node: Option<&Node>) -> Option<String> {
+    node.and_then(|n| metadata_string(n, "NAMESPACE")).filter(|ns| !ns.is_empty())
+}
+
+/// The resources that are one stream's alone: its inbound listener and
+/// clusters, and the API listeners among the listener names it asked for.
+fn own_resources<'a>(
+    model: &MeshModel,
+    ips: &[std::net::IpAddr],
+    ctx: &ProxyContext,
+    namespace: Option<&str>,
+    listener_names: impl Iterator<Item = &'a str>,
+) -> Resources {
+    let mut own = translate::inbound(model, ips, ctx);
+    let named: Vec<&str> = listener_names.filter(|n| !is_proxy_listener(n)).collect();
+    if !named.is_empty() {
+        let api = proxyless::api_listeners(model, named, namespace);
+        if !api.is_empty() {
+            own.entry(LISTENER_TYPE).or_default().extend(api);
+        }
+    }
+    own
+}
+
+/// The listeners Envoy and the sidecar get, which are never API listeners.
+fn is_proxy_listener(name: &str) -> bool {
+    name == translate::OUTBOUND_LISTENER || name == translate::INBOUND_LISTENER
+}
+
+/// Logs, with the reason, each newly asked-for listener name that names
+/// nothing: the client is told by absence only, so the operator must be told here.
+fn log_unknown_listeners<'a>(model: &MeshModel, namespace: Option<&str>, shared: &Snapshot, names: impl Iterator<Item = &'a str>) {
+    for name in names.filter(|n| !is_proxy_listener(n) && shared.entries(LISTENER_TYPE).is_none_or(|m| !m.contains_key(*n))) {
+        if let Err(reason) = proxyless::resolve(model, name, namespace) {
+            tracing::warn!(listener = %name, %reason, "a client asked for a listener that does not exist (a gRPC client fails its RPCs with UNAVAILABLE once it gives up waiting)");
+        }
+    }
 }
 
 /// A resource name, shared between snapshots and the streams that track it:
@@ -318,6 +408,17 @@ struct SotwType {
     sent_version: Option<String>,
 }
 
+/// The names a State-of-the-World request subscribes to, and whether it is a
+/// wildcard subscription. An empty list of a wildcard type means "everything"
+/// only on the first request of that type, or while it already meant that:
+/// a client that named resources and then names none has unsubscribed from
+/// all (gRPC does this when its last channel to a target closes).
+fn sotw_subscription(type_url: &str, resource_names: &[String], first_or_wildcard: bool) -> (BTreeSet<String>, bool) {
+    let names: BTreeSet<String> = resource_names.iter().filter(|n| *n != "*").cloned().collect();
+    let legacy_wildcard = is_wildcard_type(type_url) && resource_names.is_empty() && first_or_wildcard;
+    (names, legacy_wildcard || resource_names.iter().any(|n| n == "*"))
+}
+
 /// The State-of-the-World response for one type, if it differs from what was sent.
 fn sotw_response(t: &mut SotwType, type_url: &str, resources: &ProxyResources, nonce: u64, force: bool) -> Option<DiscoveryResponse> {
     let chosen: Vec<(&str, &Any, u64)> = resources.iter(type_url).filter(|(n, _, _)| t.wildcard || t.names.contains(*n)).collect();
@@ -356,6 +457,10 @@ struct DeltaType {
     /// The snapshot whose wanted resources the proxy holds (sent, maybe not yet ACKed).
     base: Option<Arc<Snapshot>>,
     overrides: HashMap<Name, Held>,
+    /// Names subscribed since the last response: each one that does not exist
+    /// is reported in that response's `removed_resources` (xds_protocol: the
+    /// Delta client learns of absence at once, with no timer).
+    asked: BTreeSet<Name>,
     nonce: String,
 }
 
@@ -383,6 +488,7 @@ impl DeltaType {
         if !self.wanted(&name) && !self.overrides.contains_key(&name) && self.base_has(type_url, &name) {
             self.overrides.insert(Arc::clone(&name), Held::Absent);
         }
+        self.asked.insert(Arc::clone(&name));
         self.subscribed.insert(name);
     }
 
@@ -390,6 +496,7 @@ impl DeltaType {
         // The proxy forgets it; with it unwanted, the base implies Absent.
         self.subscribed.remove(name);
         self.overrides.remove(name);
+        self.asked.remove(name);
     }
 
     fn subscribe_wildcard(&mut self, type_url: &str) {
@@ -450,6 +557,11 @@ fn delta_response(t: &mut DeltaType, type_url: &str, current: &ProxyResources, s
                     removed.push(name.to_string());
                 }
             }
+        }
+    }
+    for name in std::mem::take(&mut t.asked) {
+        if t.wanted(&name) && current.get(type_url, &name).is_none() && !removed.iter().any(|r| **r == *name) {
+            removed.push(name.to_string());
         }
     }
     // The proxy now holds the wanted part of this snapshot, plus its own.
@@ -532,12 +644,15 @@ impl AggregatedDiscoveryService for AdsService {
     type DeltaAggregatedResourcesStream = DeltaStream;
 
     async fn stream_aggregated_resources(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<SotwStream>, Status> {
+        let caller = crate::xds_auth::caller_of(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound.next().await.ok_or_else(|| Status::invalid_argument("the stream closed before its first request"))??;
         let (node_id, ctx, ips) = admit_node(first.node.as_ref(), &self.0.revision)?;
+        crate::xds_auth::authorize(&caller, first.node.as_ref(), &self.0.revision)?;
         let (tx, rx) = mpsc::channel(16);
         let server = Arc::clone(&self.0);
         let proxy = server.registry.connect(&node_id, &server.revision, "sotw");
+        proxy.set_proxy_version(reported_proxy_version(first.node.as_ref()));
         let span = tracing::info_span!("ads", proxy = %node_id, mode = "sotw");
         server.stream_opened(&node_id, &ctx, &ips);
         tokio::spawn(tracing::Instrument::instrument(
@@ -547,16 +662,19 @@ impl AggregatedDiscoveryService for AdsService {
                 let mut types: HashMap<String, SotwType> = HashMap::new();
                 let mut slot = PushSlot::default();
                 let mut nonce = 0u64;
+                let namespace = node_namespace(first.node.as_ref());
+                let mut asked_listeners: BTreeSet<String> = BTreeSet::new();
                 let mut pending = Some(first);
                 'stream: while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
                     // Only a model event marks the model seen: a change that lands
                     // while a request is handled must still wake this stream.
                     let published = if request.is_some() { model.borrow().clone() } else { model.borrow_and_update().clone() };
-                    let resources = ProxyResources { shared: server.resources(&ctx, &published).await, own: translate::inbound(&published.model, &ips, &ctx) };
+                    let shared = server.resources(&ctx, &published).await;
                     let mut sends: Vec<(String, bool)> = Vec::new();
                     match request {
                         Some(req) => {
                             let type_url = req.type_url.clone();
+                            let is_new = !types.contains_key(&type_url);
                             let t = types.entry(type_url.clone()).or_default();
                             let status = TypeStatus::from_sotw(&req);
                             // Stale: an answer to a response that was superseded. A nonce
@@ -568,9 +686,13 @@ impl AggregatedDiscoveryService for AdsService {
                                 slot.answered(&type_url);
                             }
                             proxy.record(&type_url, status, published.version);
-                            let names: BTreeSet<String> = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
-                            let wildcard = req.resource_names.iter().any(|n| n == "*") || (is_wildcard_type(&type_url) && req.resource_names.is_empty());
+                            let (names, wildcard) = sotw_subscription(&type_url, &req.resource_names, is_new || t.wildcard);
                             let changed = names != t.names || wildcard != t.wildcard || t.sent_version.is_none();
+                            if type_url == LISTENER_TYPE && names != t.names {
+                                log_unknown_listeners(&published.model, namespace.as_deref(), &shared, names.difference(&t.names).map(String::as_str));
+                                server.listeners_asked(&node_id, namespace.as_deref(), &asked_listeners, &names);
+                                asked_listeners = names.clone();
+                            }
                             t.names = names;
                             t.wildcard = wildcard;
                             if changed {
@@ -579,6 +701,8 @@ impl AggregatedDiscoveryService for AdsService {
                         }
                         None => sends.extend(TYPE_ORDER.iter().filter(|u| types.contains_key(**u)).map(|u| (u.to_string(), false))),
                     }
+                    let listener_names = types.get(LISTENER_TYPE).into_iter().flat_map(|t| t.names.iter().map(String::as_str));
+                    let resources = ProxyResources { own: own_resources(&published.model, &ips, &ctx, namespace.as_deref(), listener_names), shared };
                     for (type_url, first_time) in sends {
                         let newly_unanswered = slot.before_send(&server.push_permits, &type_url).await;
                         let Some(t) = types.get_mut(&type_url) else { continue };
@@ -596,6 +720,7 @@ impl AggregatedDiscoveryService for AdsService {
                     }
                 }
                 tracing::info!("proxy disconnected");
+                server.listeners_asked(&node_id, namespace.as_deref(), &asked_listeners, &BTreeSet::new());
                 server.stream_closed(&node_id);
                 drop(proxy);
             },
@@ -605,12 +730,15 @@ impl AggregatedDiscoveryService for AdsService {
     }
 
     async fn delta_aggregated_resources(&self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<DeltaStream>, Status> {
+        let caller = crate::xds_auth::caller_of(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound.next().await.ok_or_else(|| Status::invalid_argument("the stream closed before its first request"))??;
         let (node_id, ctx, ips) = admit_node(first.node.as_ref(), &self.0.revision)?;
+        crate::xds_auth::authorize(&caller, first.node.as_ref(), &self.0.revision)?;
         let (tx, rx) = mpsc::channel(16);
         let server = Arc::clone(&self.0);
         let proxy = server.registry.connect(&node_id, &server.revision, "delta");
+        proxy.set_proxy_version(reported_proxy_version(first.node.as_ref()));
         let span = tracing::info_span!("ads", proxy = %node_id, mode = "delta");
         server.stream_opened(&node_id, &ctx, &ips);
         tokio::spawn(tracing::Instrument::instrument(
@@ -620,12 +748,14 @@ impl AggregatedDiscoveryService for AdsService {
                 let mut types: HashMap<String, DeltaType> = HashMap::new();
                 let mut slot = PushSlot::default();
                 let mut nonce = 0u64;
+                let namespace = node_namespace(first.node.as_ref());
+                let mut asked_listeners: BTreeSet<String> = BTreeSet::new();
                 let mut pending = Some(first);
                 'stream: while let Some(request) = next_event(&mut pending, &mut inbound, &mut model).await {
                     // Only a model event marks the model seen: a change that lands
                     // while a request is handled must still wake this stream.
                     let published = if request.is_some() { model.borrow().clone() } else { model.borrow_and_update().clone() };
-                    let resources = ProxyResources { shared: server.resources(&ctx, &published).await, own: translate::inbound(&published.model, &ips, &ctx) };
+                    let shared = server.resources(&ctx, &published).await;
                     let mut sends: Vec<(String, bool)> = Vec::new();
                     match request {
                         Some(req) => {
@@ -637,7 +767,7 @@ impl AggregatedDiscoveryService for AdsService {
                                 // A reconnecting proxy says what it has; do not resend that.
                                 for (name, version) in &req.initial_resource_versions {
                                     let held = parse_version(version).map_or(Held::Unknown, Held::Version);
-                                    t.overrides.insert(resources.shared.intern(&type_url, name), held);
+                                    t.overrides.insert(shared.intern(&type_url, name), held);
                                 }
                             }
                             // Every Delta response stands alone (a NACK of any part matters),
@@ -651,19 +781,28 @@ impl AggregatedDiscoveryService for AdsService {
                                 if n == "*" {
                                     t.subscribe_wildcard(&type_url);
                                 } else {
-                                    t.subscribe(&type_url, resources.shared.intern(&type_url, n));
+                                    t.subscribe(&type_url, shared.intern(&type_url, n));
                                 }
                             }
                             for n in &req.resource_names_unsubscribe {
                                 if n == "*" { t.unsubscribe_wildcard() } else { t.unsubscribe(n) }
                             }
                             let subscription_changed = !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
+                            if type_url == LISTENER_TYPE && subscription_changed {
+                                let asked = req.resource_names_subscribe.iter().map(String::as_str).filter(|n| *n != "*");
+                                log_unknown_listeners(&published.model, namespace.as_deref(), &shared, asked);
+                                let now: BTreeSet<String> = t.subscribed.iter().map(|n| n.to_string()).collect();
+                                server.listeners_asked(&node_id, namespace.as_deref(), &asked_listeners, &now);
+                                asked_listeners = now;
+                            }
                             if is_new || subscription_changed {
                                 sends.push((type_url, is_new));
                             }
                         }
                         None => sends.extend(TYPE_ORDER.iter().filter(|u| types.contains_key(**u)).map(|u| (u.to_string(), false))),
                     }
+                    let listener_names = types.get(LISTENER_TYPE).into_iter().flat_map(|t| t.subscribed.iter().map(|n| &**n));
+                    let resources = ProxyResources { own: own_resources(&published.model, &ips, &ctx, namespace.as_deref(), listener_names), shared };
                     for (type_url, force) in sends {
                         let newly_unanswered = slot.before_send(&server.push_permits, &type_url).await;
                         let Some(t) = types.get_mut(&type_url) else { continue };
@@ -689,6 +828,7 @@ impl AggregatedDiscoveryService for AdsService {
                     }
                 }
                 tracing::info!("proxy disconnected");
+                server.listeners_asked(&node_id, namespace.as_deref(), &asked_listeners, &BTreeSet::new());
                 server.stream_closed(&node_id);
                 drop(proxy);
             },
@@ -733,6 +873,22 @@ mod tests {
     }
 
     #[test]
+    fn the_reported_proxy_version_comes_from_node_metadata() {
+        let mut n = node(Some("1-25-2"));
+        assert_eq!(reported_proxy_version(Some(&n)), None, "Envoy and proxyless clients do not say");
+        let fields = &mut n.metadata.as_mut().unwrap().fields;
+        fields.insert("REVMESH_PROXY_VERSION".into(), Value { kind: Some(Kind::StringValue("1.25.2".into())) });
+        assert_eq!(reported_proxy_version(Some(&n)), Some("1.25.2".into()));
+        let registry = crate::status::ProxyRegistry::new("1-25-2");
+        let proxy = registry.connect("p1", "1-25-2", "delta");
+        proxy.set_proxy_version(reported_proxy_version(Some(&n)));
+        let syncz = serde_json::to_value(registry.syncz()).unwrap();
+        assert_eq!(syncz[0]["proxyVersion"], "1.25.2", "{syncz}");
+        drop(proxy);
+        assert_eq!(registry.syncz().len(), 0);
+    }
+
+    #[test]
     fn revision_scoping() {
         assert!(admit_node(Some(&node(Some("1-25-2"))), "1-25-2").is_ok());
         let err = admit_node(Some(&node(Some("1-24-5"))), "1-25-2").expect_err("other revision");
@@ -757,6 +913,39 @@ mod tests {
         let resp2 = sotw_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"9")]), 4, false).expect("changed");
         assert_ne!(resp2.version_info, resp.version_info);
         assert_eq!(t.nonce, "4");
+    }
+
+    #[test]
+    fn sotw_empty_names_mean_everything_only_at_first() {
+        let none: Vec<String> = Vec::new();
+        assert_eq!(sotw_subscription(LISTENER_TYPE, &none, true), (BTreeSet::new(), true), "Envoy's wildcard LDS");
+        assert_eq!(sotw_subscription(LISTENER_TYPE, &none, false), (BTreeSet::new(), false), "a named client unsubscribing from all");
+        assert_eq!(sotw_subscription(ENDPOINT_TYPE, &none, true), (BTreeSet::new(), false), "EDS is never wildcard by omission");
+        let named = vec!["echo.demo:50051".to_string()];
+        assert!(!sotw_subscription(LISTENER_TYPE, &named, true).1, "names given: not a wildcard");
+        assert_eq!(sotw_subscription(CLUSTER_TYPE, &["*".to_string()], false), (BTreeSet::new(), true));
+    }
+
+    #[test]
+    fn delta_reports_a_subscribed_name_that_does_not_exist_once() {
+        let r = resources(&[("a", b"1")]);
+        let mut t = DeltaType::default();
+        t.subscribe(ENDPOINT_TYPE, "a".into());
+        t.subscribe(ENDPOINT_TYPE, "ghost".into());
+        let first = delta_response(&mut t, ENDPOINT_TYPE, &r, 1, 1, true).expect("response");
+        assert_eq!(names(&first), ["a"]);
+        assert_eq!(first.removed_resources, ["ghost"], "absence is said, not left to a timer");
+        assert!(delta_response(&mut t, ENDPOINT_TYPE, &r, 1, 2, false).is_none(), "and said once");
+        // It springs into existence: sent, as for any wanted name.
+        assert_eq!(names(&delta_response(&mut t, ENDPOINT_TYPE, &resources(&[("a", b"1"), ("ghost", b"2")]), 2, 3, false).expect("new")), ["ghost"]);
+        // An own resource (an API listener) that exists is not reported absent.
+        let mut own: Resources = BTreeMap::new();
+        own.entry(ENDPOINT_TYPE).or_default().insert("echo:80".into(), any(b"l"));
+        let with_own = ProxyResources { shared: Arc::new(Snapshot::new(3, build(&[]), None)), own };
+        let mut named = DeltaType::default();
+        named.subscribe(ENDPOINT_TYPE, "echo:80".into());
+        let resp = delta_response(&mut named, ENDPOINT_TYPE, &with_own, 3, 1, true).expect("listener");
+        assert_eq!((names(&resp), resp.removed_resources.len()), (vec!["echo:80"], 0));
     }
 
     #[test]

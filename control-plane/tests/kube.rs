@@ -108,8 +108,45 @@ fn kubernetes_source_feeds_envoy_from_a_real_apiserver() {
     assert_eq!(status, 401, "{body}");
     let (status, body) = request_certificate(dir.path(), cp.ca, None, &csr);
     assert_eq!(status, 401, "{body}");
+
+    // xDS on the TLS port: the same token, reviewed by the API server, proves
+    // the proxy's identity, and the node must claim exactly that identity.
+    let root_path = fetch_root(dir.path(), cp.ca);
+    let connected = |id: &str| http_get(cp.debug, "/debug/syncz").is_some_and(|s| s.contains(&format!("\"{id}\"")));
+    let default_sa = "NAMESPACE: demo, SERVICE_ACCOUNT: default";
+    let (_reviewed, _, _) = envoy_over_tls(dir.path(), "envoy-kube-token", cp.ca, "dev", &root_path, default_sa, Credential::Token(token.trim()));
+    wait("Envoy with a reviewed token to be served", Duration::from_secs(30), || connected("envoy-kube-token"));
+    let refused = |name: &str, claim: &str, token: &str, code: &str, message: &str| {
+        let proc = envoy_over_tls(dir.path(), name, cp.ca, "dev", &root_path, claim, Credential::Token(token));
+        wait(&format!("{name} to be refused with {code:?} and {message:?}"), Duration::from_secs(30), || {
+            let log = envoy_log(dir.path(), name);
+            log.contains(code) && log.contains(message)
+        });
+        assert!(!connected(name), "{name} is served");
+        proc
+    };
+    let _wrong_audience = refused("envoy-kube-wrong-audience", default_sa, wrong.trim(), "closed: 16", "the token was not accepted");
+    let _impostor = refused("envoy-kube-impostor", "NAMESPACE: demo, SERVICE_ACCOUNT: admin", token.trim(), "closed: 7", "authenticated as demo/default (service-account token) but claims to be demo/admin");
+    // A token bound to a pod (as kubelet's projected tokens are): the pod's
+    // revmesh.io/rev label must name this revision.
+    let bound_token = |pod: &str, revision: &str| {
+        cluster
+            .kubectl_input(&["apply", "-f", "-"], Some(&format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: demo, labels: {{revmesh.io/rev: {revision}}}}}\nspec: {{containers: [{{name: app, image: example.invalid/app}}]}}\n")))
+            .expect("pod");
+        let uid = cluster.kubectl(&["get", "pod", pod, "-n", "demo", "-o", "jsonpath={.metadata.uid}"]).expect("pod uid");
+        let args = ["create", "token", "default", "-n", "demo", "--audience", "revmesh-ca", "--bound-object-kind", "Pod", "--bound-object-name", pod, "--bound-object-uid", uid.trim()];
+        cluster.kubectl(&args).expect("bound token").trim().to_string()
+    };
+    let own_revision = bound_token("web-dev", "dev");
+    let (_own, _, _) = envoy_over_tls(dir.path(), "envoy-kube-pod-dev", cp.ca, "dev", &root_path, default_sa, Credential::Token(&own_revision));
+    wait("Envoy of a pod of this revision to be served", Duration::from_secs(30), || connected("envoy-kube-pod-dev"));
+    let other_revision = bound_token("web-next", "dev-next");
+    let _other = refused("envoy-kube-pod-next", default_sa, &other_revision, "closed: 7", "pod demo/web-next (the token's pod) is of revision dev-next");
+
     let log = std::fs::read_to_string(&cp.log).unwrap_or_default();
-    assert!(!log.contains(token.trim()), "a token reached the log");
+    for t in [token.trim(), wrong.trim(), &own_revision, &other_revision] {
+        assert!(!log.contains(t), "a token reached the log");
+    }
 
     assert!(log.contains("reading v1 Endpoints"), "1.20 serves no discovery.k8s.io/v1 slices: {log}");
     cluster.check_alive().expect("cluster alive");

@@ -90,6 +90,10 @@ fn clusters_endpoints_listener_and_routes() {
     let Some(route::Action::Route(second)) = &vh.routes[1].action else { panic!("route action") };
     let Some(route_action::ClusterSpecifier::WeightedClusters(w)) = &second.cluster_specifier else { panic!("weighted") };
     assert_eq!(w.clusters.iter().map(|c| c.weight.as_ref().map(|w| w.value)).collect::<Vec<_>>(), [Some(90), Some(10)]);
+    // A rule that names no retries gets Istio's default: never-delivered
+    // requests and 503s are tried again, twice.
+    let default = second.retry_policy.as_ref().expect("default retry policy");
+    assert_eq!((default.retry_on.as_str(), default.num_retries.as_ref().map(|n| n.value), default.retriable_status_codes.clone()), (translate::DEFAULT_RETRY_ON, Some(2), vec![503]));
     assert!(rc.virtual_hosts.iter().all(|v| !v.name.starts_with("db.")), "TCP services get no virtual host");
 
     let l = Listener::decode(r[LISTENER_TYPE]["outbound"].value.as_slice()).expect("listener");
@@ -160,4 +164,49 @@ fn injected_pods_mark_their_endpoints_for_mtls_with_their_identity() {
     let meta = |i: usize| eps[i].metadata.as_ref().and_then(|m| m.filter_metadata.get(translate::MESH_METADATA)).map(|s| format!("{:?}", s.fields));
     assert!(meta(0).is_some_and(|m| m.contains("mtls") && m.contains("shop/web")), "{:?}", meta(0));
     assert_eq!(meta(1), None, "a pod without a proxy gets plaintext");
+}
+
+#[test]
+fn endpoints_are_grouped_by_zone_with_a_weight_per_locality() {
+    let slices = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  ports: [{name: grpc, port: 50051}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{name: grpc, port: 9000}]
+endpoints:
+- {addresses: [10.1.0.1], zone: eu-west-1a}
+- {addresses: [10.1.0.2], zone: eu-west-1a}
+- {addresses: [10.1.0.3], zone: eu-west-1b}
+- {addresses: [10.1.0.4], zone: eu-west-1b, conditions: {ready: false}}
+---
+apiVersion: discovery.k8s.io/v1beta1
+kind: EndpointSlice
+metadata: {name: api-2, namespace: shop, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{name: grpc, port: 9000}]
+endpoints:
+- {addresses: [10.1.0.5], topology: {topology.kubernetes.io/zone: eu-west-1c}}
+"#;
+    let mut o = Objects::default();
+    read_file("zones.yaml", slices, &mut o).expect("valid manifests");
+    let r = translate::translate(&o.into_model(), &ProxyContext::default());
+    let cla = ClusterLoadAssignment::decode(r[ENDPOINT_TYPE][&cluster_name(&ServiceKey::new("shop", "api"), 50051)].value.as_slice()).expect("cla");
+    let localities: Vec<(String, Option<u32>, usize)> =
+        cla.endpoints.iter().map(|l| (l.locality.clone().unwrap_or_default().zone, l.load_balancing_weight.map(|w| w.value), l.lb_endpoints.len())).collect();
+    assert_eq!(
+        localities,
+        [("eu-west-1a".to_string(), Some(2), 2), ("eu-west-1b".to_string(), Some(1), 1), ("eu-west-1c".to_string(), Some(1), 1)],
+        "one locality per zone, weighing its ready endpoints"
+    );
+    // Endpoints (v1) carry no zone: one locality with an empty zone, still weighted.
+    let web = ClusterLoadAssignment::decode(translate::translate(&model(), &ProxyContext::default())[ENDPOINT_TYPE][&cluster_name(&ServiceKey::new("shop", "web"), 80)].value.as_slice()).expect("cla");
+    assert_eq!(web.endpoints.len(), 1);
+    assert_eq!((web.endpoints[0].locality.clone().map(|l| l.zone), web.endpoints[0].load_balancing_weight.map(|w| w.value)), (Some(String::new()), Some(2)));
 }

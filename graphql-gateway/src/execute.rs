@@ -2,17 +2,24 @@
 //! request per fetch. Entity representations are collected from the data
 //! gathered so far, deduplicated, and sent in one `_entities` call per fetch.
 //! The answers are merged back into the objects they came from.
+//!
+//! Identical subgraph requests of queries that are in flight at the same time
+//! (same subgraph, same body, same forwarded headers) are sent once and their
+//! answer shared, as Apollo Router's `deduplicate_query` and Hive Router's
+//! `dedupe_enabled` do; mutations are never shared.
 
 use crate::plan::{entity_fragment, root_text, Fetch, FetchKind, Plan};
 use crate::supergraph::FieldSet;
 use crate::value::{write_json, write_str, Object, Value};
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Map, Value as Json};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -20,7 +27,21 @@ use tracing::Instrument;
 const MAX_SUBGRAPH_RESPONSE: usize = 64 * 1024 * 1024;
 
 /// Called with (subgraph name, seconds, succeeded) after each fetch.
-pub type FetchObserver = std::sync::Arc<dyn Fn(&str, f64, bool) + Send + Sync>;
+pub type FetchObserver = Arc<dyn Fn(&str, f64, bool) + Send + Sync>;
+
+/// Called with the subgraph name when a request shared an identical one in flight.
+pub type SharedObserver = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What makes two subgraph requests the same: everything that is sent.
+#[derive(PartialEq, Eq, Hash)]
+struct InflightKey {
+    graph: String,
+    body: Bytes,
+    headers: Vec<(String, String)>,
+}
+
+type SharedAnswer = Shared<BoxFuture<'static, Result<Arc<Value>, Arc<str>>>>;
+type Inflight = Arc<Mutex<HashMap<Arc<InflightKey>, SharedAnswer>>>;
 
 /// HTTP to the subgraphs, pooled.
 #[derive(Clone)]
@@ -33,6 +54,13 @@ pub struct Subgraphs {
     pub default_timeout: Duration,
     /// Called with (subgraph name, seconds, ok) after each fetch.
     pub observe: Option<FetchObserver>,
+    /// Whether identical in-flight query requests are shared (default on).
+    pub dedupe: bool,
+    /// Per subgraph name, overrides `dedupe`.
+    pub dedupe_by_subgraph: HashMap<String, bool>,
+    /// Called when a request was answered by an identical one in flight.
+    pub observe_shared: Option<SharedObserver>,
+    inflight: Inflight,
 }
 
 impl Subgraphs {
@@ -53,6 +81,79 @@ impl Subgraphs {
             timeouts,
             default_timeout,
             observe: None,
+            dedupe: true,
+            dedupe_by_subgraph: HashMap::new(),
+            observe_shared: None,
+            inflight: Inflight::default(),
+        }
+    }
+
+    /// Sends one request of a query, sharing an identical request already in
+    /// flight (when sharing is on for that subgraph). The request runs as its
+    /// own task, so a caller that goes away neither cancels it for the others
+    /// nor leaves a stalled entry behind; the entry is removed when it ends.
+    async fn post_query(
+        &self,
+        graph: &str,
+        body: Bytes,
+        headers: &[(String, String)],
+    ) -> Result<Value, String> {
+        let outgoing = self.outgoing(graph)?;
+        let shareable = self
+            .dedupe_by_subgraph
+            .get(&outgoing.name)
+            .copied()
+            .unwrap_or(self.dedupe);
+        if !shareable {
+            return outgoing.send(body, headers).await;
+        }
+        let name = outgoing.name.clone();
+        let key = Arc::new(InflightKey {
+            graph: graph.to_string(),
+            body,
+            headers: headers.to_vec(),
+        });
+        let (answer, leader) = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            match inflight.get(&key) {
+                Some(answer) => (answer.clone(), false),
+                None => {
+                    let task_key = Arc::clone(&key);
+                    let registry = Arc::clone(&self.inflight);
+                    let task = tokio::spawn(
+                        async move {
+                            let result = outgoing
+                                .send(task_key.body.clone(), &task_key.headers)
+                                .await;
+                            // Later identical requests start their own fetch.
+                            registry
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&task_key);
+                            result.map(Arc::new).map_err(Arc::from)
+                        }
+                        .in_current_span(),
+                    );
+                    let answer = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(Arc::from(format!("subgraph fetch task failed: {e}")))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(key, answer.clone());
+                    (answer, true)
+                }
+            }
+        };
+        if !leader {
+            if let Some(observe) = &self.observe_shared {
+                observe(&name);
+            }
+        }
+        match answer.await {
+            Ok(value) => Ok(Arc::try_unwrap(value).unwrap_or_else(|shared| (*shared).clone())),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -62,16 +163,48 @@ impl Subgraphs {
         body: Bytes,
         headers: &[(String, String)],
     ) -> Result<Value, String> {
+        self.outgoing(graph)?.send(body, headers).await
+    }
+
+    /// What sending a request to `graph` needs, owned (a shared request
+    /// runs as its own task).
+    fn outgoing(&self, graph: &str) -> Result<Outgoing, String> {
         let (name, uri) = self
             .endpoints
             .get(graph)
             .ok_or_else(|| format!("no URL for subgraph {graph}"))?;
-        let timeout = self
-            .timeouts
-            .get(name)
-            .copied()
-            .unwrap_or(self.default_timeout);
-        let mut req = hyper::Request::post(uri.clone())
+        Ok(Outgoing {
+            client: self.client.clone(),
+            name: name.clone(),
+            uri: uri.clone(),
+            timeout: self
+                .timeouts
+                .get(name)
+                .copied()
+                .unwrap_or(self.default_timeout),
+            observe: self.observe.clone(),
+        })
+    }
+
+    fn name(&self, graph: &str) -> String {
+        self.endpoints
+            .get(graph)
+            .map_or_else(|| graph.to_string(), |(n, _)| n.clone())
+    }
+}
+
+/// One subgraph request's destination and how it is sent.
+struct Outgoing {
+    client: Client<HttpConnector, Full<Bytes>>,
+    name: String,
+    uri: hyper::Uri,
+    timeout: Duration,
+    observe: Option<FetchObserver>,
+}
+
+impl Outgoing {
+    async fn send(self, body: Bytes, headers: &[(String, String)]) -> Result<Value, String> {
+        let mut req = hyper::Request::post(self.uri)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(
                 hyper::header::ACCEPT,
@@ -82,6 +215,7 @@ impl Subgraphs {
         }
         let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let started = Instant::now();
+        let timeout = self.timeout;
         let result = async {
             let resp = tokio::time::timeout(timeout, self.client.request(req))
                 .await
@@ -102,15 +236,9 @@ impl Subgraphs {
         }
         .await;
         if let Some(observe) = &self.observe {
-            observe(name, started.elapsed().as_secs_f64(), result.is_ok());
+            observe(&self.name, started.elapsed().as_secs_f64(), result.is_ok());
         }
         result
-    }
-
-    fn name(&self, graph: &str) -> String {
-        self.endpoints
-            .get(graph)
-            .map_or_else(|| graph.to_string(), |(n, _)| n.clone())
     }
 }
 
@@ -148,7 +276,9 @@ fn visit_mut(value: &mut Value, path: &[String], f: &mut impl FnMut(&mut Object)
 
 /// Writes the fields of `set` from `object` as JSON object members (each
 /// preceded by a comma); false if one is missing. `skip`: top-level names
-/// already written.
+/// already written. An inline fragment's fields are written when the
+/// object's `__typename` is its type; nested objects whose set has inline
+/// fragments carry their `__typename`, so the subgraph can tell them apart.
 fn write_fields(
     object: &Object,
     set: &FieldSet,
@@ -157,6 +287,13 @@ fn write_fields(
 ) -> bool {
     for (name, sub) in &set.0 {
         if skip.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        if let Some(type_name) = FieldSet::condition(name) {
+            let applies = object.get("__typename").and_then(Value::as_str) == Some(type_name);
+            if applies && !write_fields(object, sub, &[], out) {
+                return false;
+            }
             continue;
         }
         let Some(value) = object.get(name) else {
@@ -168,22 +305,56 @@ fn write_fields(
         if sub.0.is_empty() {
             write_json(out, value);
         } else {
-            let Some(nested) = value.as_object() else {
-                return false;
-            };
-            let at = out.len();
-            if !write_fields(nested, sub, &[], out) {
-                return false;
-            }
-            // The nested members were written with a leading comma each;
-            // the first one opens the object instead.
-            if out.len() == at {
-                out.extend_from_slice(b"{}");
-            } else {
-                out[at] = b'{';
-                out.push(b'}');
+            match value {
+                Value::Object(nested) => {
+                    if !write_object(nested, sub, out) {
+                        return false;
+                    }
+                }
+                Value::Array(items) => {
+                    out.push(b'[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        match item {
+                            Value::Object(nested) => {
+                                if !write_object(nested, sub, out) {
+                                    return false;
+                                }
+                            }
+                            other => write_json(out, other),
+                        }
+                    }
+                    out.push(b']');
+                }
+                // A null object is sent as null: the subgraph decides.
+                other => write_json(out, other),
             }
         }
+    }
+    true
+}
+
+/// Writes `{…}` with the fields of `set` from `object`; false if one is missing.
+fn write_object(object: &Object, set: &FieldSet, out: &mut Vec<u8>) -> bool {
+    let at = out.len();
+    if set.has_conditions() {
+        if let Some(t) = object.get("__typename") {
+            out.extend_from_slice(b",\"__typename\":");
+            write_json(out, t);
+        }
+    }
+    if !write_fields(object, set, &[], out) {
+        return false;
+    }
+    // The members were written with a leading comma each; the first one
+    // opens the object instead.
+    if out.len() == at {
+        out.extend_from_slice(b"{}");
+    } else {
+        out[at] = b'{';
+        out.push(b'}');
     }
     true
 }
@@ -194,6 +365,7 @@ fn write_fields(
 fn representation(
     object: &Object,
     type_name: &str,
+    accepts: &[String],
     key: &FieldSet,
     requires: &FieldSet,
     out: &mut Vec<u8>,
@@ -201,7 +373,7 @@ fn representation(
     if object
         .get("__typename")
         .and_then(Value::as_str)
-        .is_some_and(|t| t != type_name)
+        .is_some_and(|t| t != type_name && !accepts.iter().any(|a| a == t))
     {
         return None;
     }
@@ -290,6 +462,7 @@ fn wave_requests<'p>(
                 path,
                 key,
                 requires,
+                accepts,
             } => {
                 let mut objects = Vec::new();
                 collect(data, path, &mut objects);
@@ -326,7 +499,9 @@ fn wave_requests<'p>(
                 let part = &mut request.parts[part];
                 let mut slots = Vec::with_capacity(objects.len());
                 for object in objects {
-                    if representation(object, type_name, key, requires, &mut scratch).is_none() {
+                    if representation(object, type_name, accepts, key, requires, &mut scratch)
+                        .is_none()
+                    {
                         slots.push(None);
                         continue;
                     }
@@ -459,6 +634,7 @@ pub async fn run(
     subgraphs: &Subgraphs,
     variables: &Map<String, Json>,
     headers: &[(String, String)],
+    is_mutation: bool,
 ) -> (Value, Vec<Json>) {
     let mut data = Value::Object(Object::new());
     let mut errors = Vec::new();
@@ -480,7 +656,15 @@ pub async fn run(
             // One span per subgraph request (debug level: free unless enabled),
             // so a slow query shows which fetches and which subgraph it waited on.
             let span = tracing::debug_span!("fetch", subgraph = %subgraphs.name(r.graph), fetch = ?r.fetches, kind = r.kind);
-            subgraphs.post(r.graph, r.body.clone(), headers).instrument(span)
+            let body = r.body.clone();
+            async move {
+                if is_mutation {
+                    subgraphs.post(r.graph, body, headers).await
+                } else {
+                    subgraphs.post_query(r.graph, body, headers).await
+                }
+            }
+            .instrument(span)
         }))
         .await;
         for (request, result) in requests.into_iter().zip(results) {
@@ -557,6 +741,7 @@ mod tests {
                 path: path.iter().map(|p| p.to_string()).collect(),
                 key: FieldSet::parse("upc").expect("key"),
                 requires: FieldSet::default(),
+                accepts: Vec::new(),
             },
             selection: selection.iter().map(|s| field(s)).collect(),
             deps: Vec::new(),
@@ -639,6 +824,7 @@ mod tests {
         representation(
             object.as_object().expect("object"),
             "Product",
+            &[],
             &key,
             &requires,
             &mut out,
@@ -653,6 +839,7 @@ mod tests {
             representation(
                 object.as_object().expect("object"),
                 "Book",
+                &[],
                 &key,
                 &requires,
                 &mut out
@@ -665,6 +852,7 @@ mod tests {
             representation(
                 object.as_object().expect("object"),
                 "Product",
+                &[],
                 &key,
                 &missing,
                 &mut out

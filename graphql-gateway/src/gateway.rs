@@ -13,6 +13,7 @@ use apollo_compiler::ExecutableDocument;
 use serde_json::{json, Map, Value as Json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A request as GraphQL-over-HTTP carries it.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -68,6 +69,12 @@ pub struct Limits {
     pub max_cost: u64,
     pub list_size: u64,
     pub introspection: bool,
+    /// Checked by the token pre-pass, before parsing ([`crate::precheck`]).
+    pub max_tokens: usize,
+    /// Fields counted once per way fragment spreads reach them.
+    pub max_expanded_selections: u64,
+    /// Normalisation and planning of one operation stop after this long.
+    pub planning_budget: Duration,
 }
 
 impl Default for Limits {
@@ -79,8 +86,16 @@ impl Default for Limits {
             max_cost: 1_000_000,
             list_size: 10,
             introspection: true,
+            max_tokens: 15_000,
+            max_expanded_selections: 50_000,
+            planning_budget: Duration::from_secs(1),
         }
     }
+}
+
+/// The error of a request refused by a limit.
+fn limit_error(message: String) -> Json {
+    json!({"message": message, "extensions": {"code": "OPERATION_LIMIT_EXCEEDED"}})
 }
 
 fn depth(fields: &[Field]) -> usize {
@@ -134,6 +149,9 @@ impl Gateway {
         variables: &Map<String, Json>,
     ) -> Result<Prepared, Vec<Json>> {
         let sg = &self.supergraph;
+        let l = &self.limits;
+        let refuse = |message: String| vec![limit_error(message)];
+        let deadline = Instant::now() + l.planning_budget;
         let document = ExecutableDocument::parse_and_validate(&sg.schema, query, "request.graphql")
             .map_err(|e| {
                 let all: Vec<Json> = e
@@ -180,10 +198,6 @@ impl Gateway {
         }
         .fields(&op.selection_set, &root, None, &mut fields);
         // Limits, refused before anything is fetched.
-        let refuse = |message: String| {
-            vec![json!({"message": message, "extensions": {"code": "OPERATION_LIMIT_EXCEEDED"}})]
-        };
-        let l = &self.limits;
         if depth(&fields) > l.max_depth {
             return Err(refuse(format!(
                 "the operation is {} levels deep; the limit is {}",
@@ -246,8 +260,12 @@ impl Gateway {
         } else {
             "query"
         };
-        let plan = plan::plan(sg, &root, kind, &fields)
-            .map_err(|e| vec![json!({"message": e.to_string()})])?;
+        let plan = plan::plan(sg, &root, kind, &fields, deadline).map_err(|e| match e {
+            plan::PlanError::Budget => refuse(e.to_string()),
+            _ => vec![
+                json!({"message": e.to_string(), "extensions": {"code": "QUERY_PLANNING_FAILED"}}),
+            ],
+        })?;
         Ok(Prepared {
             fields,
             plan,
@@ -269,8 +287,31 @@ impl Gateway {
         if let Some(p) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return Ok(p);
         }
-        let prepared =
-            Arc::new(self.prepare(query, request.operation_name.as_deref(), &variables)?);
+        // The cheap pass first: an abusive document is refused after one
+        // scan of its text, before the parser or validation sees it.
+        let l = &self.limits;
+        crate::precheck::check(
+            query,
+            &crate::precheck::TokenLimits {
+                max_tokens: l.max_tokens,
+                max_aliases: l.max_aliases,
+                max_depth: l.max_depth,
+                max_expanded_selections: l.max_expanded_selections,
+            },
+        )
+        .map_err(|e| vec![limit_error(e.0)])?;
+        let prepare = || self.prepare(query, request.operation_name.as_deref(), &variables);
+        // Validation and planning of a new operation may take a while; on
+        // the multi-threaded runtime the other requests queued on this
+        // worker move to another thread meanwhile, so cached (normal)
+        // queries are not held up behind it.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let prepared = Arc::new(if multi_thread {
+            tokio::task::block_in_place(prepare)?
+        } else {
+            prepare()?
+        });
         tracing::debug!(plan = %prepared.plan.describe(), "planned");
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_ENTRIES {
@@ -307,8 +348,14 @@ impl Gateway {
             };
         }
         let variables = request.variables.clone().unwrap_or_default();
-        let (mut data, mut errors) =
-            execute::run(&prepared.plan, &self.subgraphs, &variables, headers).await;
+        let (mut data, mut errors) = execute::run(
+            &prepared.plan,
+            &self.subgraphs,
+            &variables,
+            headers,
+            prepared.is_mutation,
+        )
+        .await;
         if let Some(Json::Object(intro)) = &prepared.introspection {
             for (k, v) in intro {
                 if let Some(obj) = data.as_object_mut() {

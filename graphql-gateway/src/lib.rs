@@ -2,6 +2,7 @@
 //! fetched from the subgraph that owns it.
 //!
 //! * [`supergraph`]: ownership from the `join__` directives.
+//! * [`precheck`]: the cheap token pass that refuses costly documents before parsing.
 //! * [`operation`]: a validated operation, normalised (fragments, skip/include, variables).
 //! * [`plan`]: the fetch graph (pure, cached per operation).
 //! * [`execute`]: parallel fetches, batched and deduplicated `_entities` calls.
@@ -17,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod operation;
 pub mod plan;
+pub mod precheck;
 pub mod run;
 pub mod shape;
 pub mod supergraph;

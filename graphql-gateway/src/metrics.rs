@@ -24,6 +24,7 @@ pub struct Metrics {
     latency: Histogram,
     fetch_latency: Family<SubgraphLabels, Histogram>,
     fetch_errors: Family<SubgraphLabels, Counter>,
+    shared_fetches: Family<SubgraphLabels, Counter>,
     pub reloads: Counter,
     pub reloads_refused: Counter,
 }
@@ -57,6 +58,12 @@ impl Default for Metrics {
             "Subgraph fetches that failed",
             fetch_errors.clone(),
         );
+        let shared_fetches = Family::<SubgraphLabels, Counter>::default();
+        registry.register(
+            "fetches_shared",
+            "Subgraph fetches answered by an identical fetch already in flight (not sent)",
+            shared_fetches.clone(),
+        );
         let reloads = Counter::default();
         registry.register(
             "supergraph_reloads",
@@ -75,6 +82,7 @@ impl Default for Metrics {
             latency,
             fetch_latency,
             fetch_errors,
+            shared_fetches,
             reloads,
             reloads_refused,
         }
@@ -95,6 +103,14 @@ impl Metrics {
         if !ok {
             self.fetch_errors.get_or_create(&labels).inc();
         }
+    }
+
+    pub fn observe_shared_fetch(&self, subgraph: &str) {
+        self.shared_fetches
+            .get_or_create(&SubgraphLabels {
+                subgraph: subgraph.to_string(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

@@ -23,6 +23,9 @@ pub struct Field {
     /// set under abstract parents.
     pub condition: Option<String>,
     pub children: Vec<Field>,
+    /// The output is an enum: values from subgraphs are checked against the
+    /// API schema's values (an `@inaccessible` value must not reach a client).
+    pub is_enum: bool,
 }
 
 impl Field {
@@ -173,6 +176,10 @@ impl Normaliser<'_> {
                         ty: f.definition.ty.clone(),
                         condition: condition.map(str::to_string),
                         children,
+                        is_enum: matches!(
+                            self.schema.types.get(output),
+                            Some(apollo_compiler::schema::ExtendedType::Enum(_))
+                        ),
                     };
                     merge_into(out, field);
                 }

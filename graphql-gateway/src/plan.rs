@@ -19,6 +19,7 @@ use crate::operation::Field;
 use crate::supergraph::{FieldSet, Supergraph};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// What one fetch asks its subgraph for.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +43,11 @@ pub enum FetchKind {
         path: Vec<String>,
         key: FieldSet,
         requires: FieldSet,
+        /// The `__typename`s of the objects this fetch takes, when they are
+        /// not `type_name`: the implementations of an interface fetched from
+        /// a subgraph that knows it as an object (`@interfaceObject`). Their
+        /// representations name the interface.
+        accepts: Vec<String>,
     },
 }
 
@@ -70,6 +76,18 @@ pub enum PlanError {
         graph: String,
         field: String,
     },
+    #[error(
+        "{field} is needed to fetch from subgraph {to}, and no subgraph can supply it to {from}"
+    )]
+    Unreachable {
+        field: String,
+        from: String,
+        to: String,
+    },
+    #[error("{field}: a chain of @requires through more than {limit} subgraphs is not supported")]
+    RequiresChain { field: String, limit: usize },
+    #[error("planning the operation ran past the planning budget (limits.planningBudget); simplify the operation or raise the budget")]
+    Budget,
 }
 
 fn typename() -> SubField {
@@ -96,24 +114,284 @@ fn add_unique(out: &mut Vec<SubField>, field: SubField) {
 }
 
 fn fieldset_selection(set: &FieldSet) -> Vec<SubField> {
-    set.0
-        .iter()
-        .map(|(name, sub)| SubField {
-            key: name.clone(),
-            name: name.clone(),
-            args: Vec::new(),
-            condition: None,
-            children: fieldset_selection(sub),
-        })
-        .collect()
+    let mut out = Vec::new();
+    if set.has_conditions() {
+        out.push(typename());
+    }
+    for (name, sub) in &set.0 {
+        match FieldSet::condition(name) {
+            // An inline fragment: its fields under its type condition.
+            Some(type_name) => {
+                for f in fieldset_selection(sub) {
+                    add_unique(
+                        &mut out,
+                        SubField {
+                            condition: Some(type_name.to_string()),
+                            ..f
+                        },
+                    );
+                }
+            }
+            None => add_unique(
+                &mut out,
+                SubField {
+                    key: name.clone(),
+                    name: name.clone(),
+                    args: Vec::new(),
+                    condition: None,
+                    children: fieldset_selection(sub),
+                },
+            ),
+        }
+    }
+    out
+}
+
+/// The number of fields in `fields`, through their sub-selections.
+fn count(fields: &[Field]) -> usize {
+    fields.iter().map(|f| 1 + count(&f.children)).sum()
+}
+
+/// Adds the fields of `more` that `set` lacks.
+fn union_into(set: &mut FieldSet, more: &FieldSet) {
+    for item in &more.0 {
+        if !set.0.iter().any(|i| i.0 == item.0) {
+            set.0.push(item.clone());
+        }
+    }
+}
+
+/// How many subgraphs a chain of `@requires` may pass through (each
+/// required field needing fields from the next) before planning gives up.
+const MAX_REQUIRES_CHAIN: usize = 8;
+
+/// Where fields for an entity fetch's representation are being gathered:
+/// objects of `type_name` at `path`, below fetch `fetch` from `graph`.
+struct Supplying<'a> {
+    fetch: usize,
+    graph: &'a str,
+    type_name: &'a str,
+    path: &'a [String],
+    /// Set below an abstract parent: what the parent fetch adds is asked
+    /// under `... on Type`.
+    condition: &'a Option<String>,
 }
 
 struct Planner<'s> {
     sg: &'s Supergraph,
     fetches: Vec<Fetch>,
+    deadline: Instant,
 }
 
 impl Planner<'_> {
+    /// How many of `fields` (of objects of `parent`), counted through their
+    /// sub-selections, `graph` can answer without another fetch. Used to pick,
+    /// among the subgraphs that can resolve a field, one that can resolve
+    /// the whole path below it.
+    fn coverage(&self, graph: &str, parent: &str, fields: &[Field]) -> (usize, usize) {
+        let mut covered = 0;
+        let mut total = 0;
+        for f in fields {
+            total += 1;
+            let owner_type = f.condition.as_deref().unwrap_or(parent);
+            if self.sg.resolves(graph, owner_type, &f.name) {
+                covered += 1;
+                let (c, t) = self.coverage(graph, f.output(), &f.children);
+                covered += c;
+                total += t;
+            } else {
+                total += count(&f.children);
+            }
+        }
+        (covered, total)
+    }
+
+    /// Among `candidates` (subgraphs that resolve `field`), the
+    /// one that answers most of the field's sub-selection itself; on a tie,
+    /// the first of `preferred` (subgraphs already fetched from), then the
+    /// first candidate.
+    fn choose(&self, candidates: &[String], field: &Field, preferred: &[String]) -> Option<String> {
+        let mut best: Option<(&String, (usize, bool))> = None;
+        for g in candidates {
+            let (covered, _) = self.coverage(g, field.output(), &field.children);
+            let score = (covered, preferred.contains(g));
+            if best.is_none_or(|(_, b)| score > b) {
+                best = Some((g, score));
+            }
+        }
+        best.map(|(g, _)| g.clone())
+    }
+
+    /// Makes the fields `needed` available on the objects before an entity
+    /// fetch to `target` runs (its representation carries them). Those the
+    /// parent fetch's subgraph answers are asked from it (`from_here`).
+    /// Each other one comes from a sibling entity fetch to a subgraph that
+    /// resolves it and whose key the parent's subgraph answers; when that
+    /// subgraph `@requires` fields for it in turn, they are supplied the same
+    /// way (chained `@requires`). Returns the sibling fetches to wait for.
+    fn supply(
+        &mut self,
+        at: &Supplying,
+        needed: &FieldSet,
+        target: &str,
+        created: &mut BTreeMap<(String, String), usize>,
+        from_here: &mut Vec<SubField>,
+        chain: usize,
+    ) -> Result<Vec<usize>, PlanError> {
+        let type_name = at.type_name;
+        let mut deps = Vec::new();
+        for (name, sub) in &needed.0 {
+            if self.sg.resolves(at.graph, type_name, name) {
+                for f in fieldset_selection(&FieldSet(vec![(name.clone(), sub.clone())])) {
+                    add_unique(
+                        from_here,
+                        SubField {
+                            condition: at.condition.clone(),
+                            ..f
+                        },
+                    );
+                }
+                continue;
+            }
+            if chain >= MAX_REQUIRES_CHAIN {
+                return Err(PlanError::RequiresChain {
+                    field: format!("{type_name}.{name}"),
+                    limit: MAX_REQUIRES_CHAIN,
+                });
+            }
+            let graphs = self
+                .sg
+                .field(type_name, name)
+                .map(|i| i.graphs.clone())
+                .unwrap_or_default();
+            let provider = graphs
+                .iter()
+                .filter(|g| **g != target && **g != at.graph)
+                .find(|g| {
+                    self.key_for(g, type_name, at.graph).is_some_and(|k| {
+                        k.0.iter()
+                            .all(|(n, _)| self.sg.resolves(at.graph, type_name, n))
+                    })
+                })
+                .cloned()
+                .ok_or_else(|| PlanError::Unreachable {
+                    field: format!("{type_name}.{name}"),
+                    from: at.graph.to_string(),
+                    to: target.to_string(),
+                })?;
+            let pid = match created.get(&(provider.clone(), type_name.to_string())) {
+                Some(id) => *id,
+                None => {
+                    let pkey = self
+                        .key_for(&provider, type_name, at.graph)
+                        .ok_or_else(|| PlanError::NoKey {
+                            type_name: type_name.to_string(),
+                            graph: provider.clone(),
+                            field: name.clone(),
+                        })?;
+                    let id = self.new_fetch(
+                        &provider,
+                        FetchKind::Entity {
+                            type_name: type_name.to_string(),
+                            path: at.path.to_vec(),
+                            key: pkey.clone(),
+                            requires: FieldSet::default(),
+                            accepts: Vec::new(),
+                        },
+                        vec![at.fetch],
+                    );
+                    for k in fieldset_selection(&pkey) {
+                        add_unique(
+                            from_here,
+                            SubField {
+                                condition: at.condition.clone(),
+                                ..k
+                            },
+                        );
+                    }
+                    created.insert((provider.clone(), type_name.to_string()), id);
+                    id
+                }
+            };
+            // The provider may itself require fields for this one.
+            let provider_requires = self
+                .sg
+                .field(type_name, name)
+                .and_then(|i| i.requires.get(&provider))
+                .cloned()
+                .unwrap_or_default();
+            if !provider_requires.0.is_empty() {
+                let more = self.supply(
+                    at,
+                    &provider_requires,
+                    &provider,
+                    created,
+                    from_here,
+                    chain + 1,
+                )?;
+                let p = &mut self.fetches[pid];
+                for d in more {
+                    if !p.deps.contains(&d) && d != pid {
+                        p.deps.push(d);
+                    }
+                }
+                if let FetchKind::Entity { requires, .. } = &mut p.kind {
+                    union_into(requires, &provider_requires);
+                }
+            }
+            add_unique(
+                &mut self.fetches[pid].selection,
+                SubField {
+                    key: name.clone(),
+                    name: name.clone(),
+                    args: Vec::new(),
+                    condition: None,
+                    children: fieldset_selection(sub),
+                },
+            );
+            if !deps.contains(&pid) {
+                deps.push(pid);
+            }
+        }
+        Ok(deps)
+    }
+
+    /// Whether a field `graph` resolves is better fetched from another
+    /// subgraph: `graph` cannot answer all of its sub-selection (a value type
+    /// without `@key` cannot be continued elsewhere), and another subgraph
+    /// that resolves the field, and can be reached by a key of the parent,
+    /// answers more of it.
+    fn better_elsewhere(&self, graph: &str, parent: &str, field: &Field) -> bool {
+        if field.children.is_empty() {
+            return false;
+        }
+        let (here, total) = self.coverage(graph, field.output(), &field.children);
+        if here == total {
+            return false;
+        }
+        let Some(info) = self.sg.field(parent, &field.name) else {
+            return false;
+        };
+        info.graphs.iter().any(|g| {
+            g != graph
+                && self.sg.key(g, parent).is_some()
+                && self.coverage(g, field.output(), &field.children).0 > here
+        })
+    }
+
+    /// The key of `type_name` to fetch entities from `target` by: one whose
+    /// fields `from` can answer itself if there is one (no extra hop).
+    fn key_for(&self, target: &str, type_name: &str, from: &str) -> Option<FieldSet> {
+        let keys = self.sg.keys(target, type_name);
+        keys.iter()
+            .find(|k| {
+                k.0.iter()
+                    .all(|(n, _)| self.sg.resolves(from, type_name, n))
+            })
+            .or_else(|| keys.first())
+            .cloned()
+    }
+
     fn new_fetch(&mut self, graph: &str, kind: FetchKind, deps: Vec<usize>) -> usize {
         let id = self.fetches.len();
         self.fetches.push(Fetch {
@@ -124,6 +402,62 @@ impl Planner<'_> {
             deps,
         });
         id
+    }
+
+    /// An interface field that no subgraph can fetch as the interface (none
+    /// has a key for it or knows it as an `@interfaceObject`) is fetched per
+    /// implementation when this subgraph does not resolve it, or does not
+    /// resolve it for one of the implementations it returns (the field was
+    /// `@override`n there, say): the field is asked once under a type
+    /// condition for each possible type, so each goes to the subgraph
+    /// resolving it for that type, through that type's key. None when
+    /// nothing needs it.
+    fn per_implementation(
+        &self,
+        graph: &str,
+        parent: &str,
+        fields: &[Field],
+        provided: Option<&FieldSet>,
+    ) -> Option<Vec<Field>> {
+        let info = self.sg.types.get(parent)?;
+        if !info.is_abstract || !info.interface_objects.is_empty() {
+            return None;
+        }
+        let needs = |f: &Field| {
+            f.condition.is_none()
+                && f.name != "__typename"
+                && !provided.is_some_and(|p| p.0.iter().any(|(n, _)| *n == f.name))
+                && (!self.sg.resolves(graph, parent, &f.name)
+                    || info
+                        .possible
+                        .iter()
+                        .any(|t| self.sg.defines(graph, t) && !self.sg.resolves(graph, t, &f.name)))
+                && self
+                    .sg
+                    .field(parent, &f.name)
+                    .is_some_and(|i| i.graphs.iter().all(|g| self.sg.key(g, parent).is_none()))
+        };
+        if !fields.iter().any(needs) {
+            return None;
+        }
+        Some(
+            fields
+                .iter()
+                .flat_map(|f| {
+                    if needs(f) {
+                        info.possible
+                            .iter()
+                            .map(|t| Field {
+                                condition: Some(t.clone()),
+                                ..f.clone()
+                            })
+                            .collect()
+                    } else {
+                        vec![f.clone()]
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// Plans `fields` of objects of `parent` reached by fetch `fetch` from
@@ -137,20 +471,98 @@ impl Planner<'_> {
         path: &[String],
         provided: Option<&FieldSet>,
     ) -> Result<Vec<SubField>, PlanError> {
+        if Instant::now() >= self.deadline {
+            return Err(PlanError::Budget);
+        }
+        // A subgraph is only sent type conditions on types it defines. A
+        // condition on a type it does not define cannot match anything it
+        // returns, except through an abstract type it does not know: that
+        // one is asked as the concrete types it defines that belong to it.
+        // Below an interface this subgraph knows as an object, conditions
+        // are routed to a subgraph that knows the implementations (below).
+        let parent_is_object_here = self.sg.is_interface_object(graph, parent);
+        let expanded: Vec<Field>;
+        let fields = match self.per_implementation(graph, parent, fields, provided) {
+            Some(list) => {
+                expanded = list;
+                &expanded[..]
+            }
+            None => fields,
+        };
+        let rewritten: Vec<Field>;
+        let fields = if !parent_is_object_here
+            && fields.iter().any(|f| {
+                f.condition
+                    .as_deref()
+                    .is_some_and(|t| !self.sg.defines(graph, t))
+            }) {
+            rewritten = fields
+                .iter()
+                .flat_map(|f| match f.condition.as_deref() {
+                    Some(t) if !self.sg.defines(graph, t) => self
+                        .sg
+                        .types
+                        .get(t)
+                        .map(|info| info.possible.clone())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|p| self.sg.defines(graph, p))
+                        .map(|p| Field {
+                            condition: Some(p),
+                            ..f.clone()
+                        })
+                        .collect::<Vec<_>>(),
+                    _ => vec![f.clone()],
+                })
+                .collect();
+            &rewritten[..]
+        } else {
+            fields
+        };
         let mut out = Vec::new();
         // Fields to fetch elsewhere, by owning subgraph and concrete type (an
         // abstract parent needs one entity fetch per type), in first-seen order.
         let mut elsewhere: Vec<((String, String), Vec<Field>)> = Vec::new();
+        // (group → the `__typename`s its objects may have, see `accepts`)
+        let mut accepts_of: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
         let is_abstract = self.sg.types.get(parent).is_some_and(|t| t.is_abstract);
-        if is_abstract {
+        if is_abstract && !parent_is_object_here {
             out.push(typename());
         }
         for f in fields {
             let owner_type = f.condition.as_deref().unwrap_or(parent);
             let provided_here = provided.and_then(|p| p.0.iter().find(|(n, _)| *n == f.name));
+            if parent_is_object_here && (f.name == "__typename" || owner_type != parent) {
+                // The real type, and fields under its type conditions, come
+                // from a subgraph that knows the interface as an interface.
+                let owner = self
+                    .sg
+                    .types
+                    .get(parent)
+                    .map(|t| t.keys.keys().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|g| {
+                        !self.sg.is_interface_object(g, parent)
+                            && self.sg.key(g, parent).is_some()
+                            && self.sg.defines(g, owner_type)
+                    })
+                    .ok_or_else(|| PlanError::NoKey {
+                        type_name: parent.to_string(),
+                        graph: graph.to_string(),
+                        field: f.name.clone(),
+                    })?;
+                let group = (owner, parent.to_string());
+                match elsewhere.iter_mut().find(|(g, _)| *g == group) {
+                    Some((_, list)) => list.push(f.clone()),
+                    None => elsewhere.push((group, vec![f.clone()])),
+                }
+                continue;
+            }
             if f.name == "__typename"
-                || self.sg.resolves(graph, owner_type, &f.name)
                 || provided_here.is_some()
+                || self.sg.resolves(graph, owner_type, &f.name)
+                    && !self.better_elsewhere(graph, owner_type, f)
             {
                 let mut path_next = path.to_vec();
                 path_next.push(f.key.clone());
@@ -187,17 +599,86 @@ impl Planner<'_> {
                 .sg
                 .field(owner_type, &f.name)
                 .ok_or_else(|| PlanError::Unowned(format!("{owner_type}.{}", f.name)))?;
-            let owner = elsewhere
+            let already: Vec<String> = elsewhere
                 .iter()
                 .filter(|((_, t), _)| t == owner_type)
                 .map(|((g, _), _)| g.clone())
-                .find(|g| info.graphs.contains(g))
-                .or_else(|| info.graphs.first().cloned())
-                .ok_or_else(|| PlanError::Unowned(format!("{owner_type}.{}", f.name)))?;
-            let group = (owner, owner_type.to_string());
+                .collect();
+            // Only subgraphs that can fetch the entity by a key qualify,
+            // directly or as an interface they know as an object.
+            let mut candidates: Vec<String> = info
+                .graphs
+                .iter()
+                .filter(|g| self.sg.key(g, owner_type).is_some())
+                .cloned()
+                .collect();
+            // A field that implementations get through an `@interfaceObject`
+            // (a bare `@join__field` on the implementation).
+            for (name, t) in &self.sg.types {
+                if !t.possible.iter().any(|p| p == owner_type) {
+                    continue;
+                }
+                for g in &t.interface_objects {
+                    if self.sg.resolves(g, name, &f.name)
+                        && self.sg.key(g, name).is_some()
+                        && !candidates.contains(g)
+                    {
+                        candidates.push(g.clone());
+                    }
+                }
+            }
+            let owner =
+                self.choose(&candidates, f, &already)
+                    .ok_or_else(|| match info.graphs.first() {
+                        Some(g) => PlanError::NoKey {
+                            type_name: owner_type.to_string(),
+                            graph: g.clone(),
+                            field: f.name.clone(),
+                        },
+                        None => PlanError::Unowned(format!("{owner_type}.{}", f.name)),
+                    })?;
+            let (entity_type, field) = match self.sg.key(&owner, owner_type) {
+                Some(_) => (owner_type.to_string(), f.clone()),
+                // Fetched as the interface: the subgraph knows no
+                // implementations, so no type condition goes with it.
+                None => match self.sg.interface_object_for(&owner, owner_type) {
+                    Some(interface) => (
+                        interface.to_string(),
+                        Field {
+                            condition: None,
+                            ..f.clone()
+                        },
+                    ),
+                    None => {
+                        return Err(PlanError::NoKey {
+                            type_name: owner_type.to_string(),
+                            graph: owner,
+                            field: f.name.clone(),
+                        })
+                    }
+                },
+            };
+            let group = (owner, entity_type.clone());
+            if self.sg.is_interface_object(&group.0, &entity_type) {
+                let accepts = accepts_of.entry(group.clone()).or_default();
+                let takes: Vec<String> = if entity_type == owner_type {
+                    self.sg
+                        .types
+                        .get(owner_type)
+                        .map(|t| t.possible.clone())
+                        .unwrap_or_default()
+                } else {
+                    vec![owner_type.to_string()]
+                };
+                for t in takes {
+                    if !accepts.contains(&t) {
+                        accepts.push(t);
+                    }
+                }
+            }
             match elsewhere.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, list)) => list.push(f.clone()),
-                None => elsewhere.push((group, vec![f.clone()])),
+                Some((_, list)) => list.push(field),
+                None => elsewhere.push((group, vec![field])),
             }
         }
         if elsewhere.is_empty() {
@@ -233,19 +714,8 @@ impl Planner<'_> {
             // Below an abstract parent, what this fetch adds for the entity
             // fetch (key, required fields) is asked under `... on Type`.
             let condition = (type_name != parent).then(|| type_name.clone());
-            let under_condition = |fields: Vec<SubField>| -> Vec<SubField> {
-                fields
-                    .into_iter()
-                    .map(|f| SubField {
-                        condition: condition.clone(),
-                        ..f
-                    })
-                    .collect()
-            };
             let key = self
-                .sg
-                .key(&owner, &type_name)
-                .cloned()
+                .key_for(&owner, &type_name, graph)
                 .ok_or_else(|| PlanError::NoKey {
                     type_name: type_name.clone(),
                     graph: owner.clone(),
@@ -255,68 +725,34 @@ impl Planner<'_> {
                 .remove(&(owner.clone(), type_name.clone()))
                 .unwrap_or_default();
             let mut deps = vec![fetch];
-            for (name, sub) in &requires.0 {
-                if self.sg.resolves(graph, &type_name, name) {
-                    add_unique(
-                        &mut required_from_here,
-                        SubField {
-                            key: name.clone(),
-                            name: name.clone(),
-                            args: Vec::new(),
-                            condition: condition.clone(),
-                            children: fieldset_selection(sub),
-                        },
-                    );
-                } else {
-                    // Fetched by a sibling entity fetch, which this one waits for.
-                    let provider = self
-                        .sg
-                        .field(&type_name, name)
-                        .and_then(|i| i.graphs.iter().find(|g| **g != owner).cloned())
-                        .ok_or_else(|| PlanError::Unowned(format!("{type_name}.{name}")))?;
-                    let pid = match created.get(&(provider.clone(), type_name.clone())) {
-                        Some(id) => *id,
-                        None => {
-                            let pkey =
-                                self.sg.key(&provider, &type_name).cloned().ok_or_else(|| {
-                                    PlanError::NoKey {
-                                        type_name: type_name.clone(),
-                                        graph: provider.clone(),
-                                        field: name.clone(),
-                                    }
-                                })?;
-                            let id = self.new_fetch(
-                                &provider,
-                                FetchKind::Entity {
-                                    type_name: type_name.clone(),
-                                    path: path.to_vec(),
-                                    key: pkey.clone(),
-                                    requires: FieldSet::default(),
-                                },
-                                vec![fetch],
-                            );
-                            required_from_here.extend(under_condition(fieldset_selection(&pkey)));
-                            created.insert((provider.clone(), type_name.clone()), id);
-                            id
-                        }
-                    };
-                    add_unique(
-                        &mut self.fetches[pid].selection,
-                        SubField {
-                            key: name.clone(),
-                            name: name.clone(),
-                            args: Vec::new(),
-                            condition: None,
-                            children: fieldset_selection(sub),
-                        },
-                    );
-                    if !deps.contains(&pid) {
-                        deps.push(pid);
-                    }
+            // The representation needs the key and the required fields.
+            // What this subgraph cannot answer comes from a sibling entity
+            // fetch (a subgraph whose key this one can answer), which the
+            // entity fetch then waits for.
+            let mut needed = FieldSet::default();
+            for item in key.0.iter().chain(requires.0.iter()) {
+                if !needed.0.iter().any(|n| n.0 == item.0) {
+                    needed.0.push(item.clone());
                 }
             }
-            for k in under_condition(fieldset_selection(&key)) {
-                add_unique(&mut required_from_here, k);
+            let supplied = self.supply(
+                &Supplying {
+                    fetch,
+                    graph,
+                    type_name: &type_name,
+                    path,
+                    condition: &condition,
+                },
+                &needed,
+                &owner,
+                &mut created,
+                &mut required_from_here,
+                0,
+            )?;
+            for d in supplied {
+                if !deps.contains(&d) {
+                    deps.push(d);
+                }
             }
             let id = match created.get(&(owner.clone(), type_name.clone())) {
                 Some(id) => {
@@ -327,7 +763,7 @@ impl Planner<'_> {
                         }
                     }
                     if let FetchKind::Entity { requires: r, .. } = &mut existing.kind {
-                        *r = requires.clone();
+                        union_into(r, &requires);
                     }
                     *id
                 }
@@ -339,6 +775,9 @@ impl Planner<'_> {
                             path: path.to_vec(),
                             key,
                             requires,
+                            accepts: accepts_of
+                                .remove(&(owner.clone(), type_name.clone()))
+                                .unwrap_or_default(),
                         },
                         deps,
                     );
@@ -383,18 +822,26 @@ impl Plan {
 }
 
 /// Plans an operation on the root type `root` (`Query` or `Mutation`).
+/// Planning stops with [`PlanError::Budget`] once `deadline` has passed.
 pub fn plan(
     sg: &Supergraph,
     root: &str,
     operation: &'static str,
     fields: &[Field],
+    deadline: Instant,
 ) -> Result<Plan, PlanError> {
     let mut planner = Planner {
         sg,
         fetches: Vec::new(),
+        deadline,
     };
-    // Root fields by owner, in the order the client wrote them.
-    let mut by_graph: Vec<(String, Vec<Field>)> = Vec::new();
+    let is_mutation = operation == "mutation";
+    // Root fields by subgraph, in the order the client wrote them. A query
+    // groups all fields of one subgraph into one fetch. A mutation's fields
+    // run one after the other in document order, so only adjacent fields of
+    // one subgraph share a fetch: a field is never moved past another
+    // subgraph's field.
+    let mut groups: Vec<(String, Vec<Field>)> = Vec::new();
     for f in fields {
         if f.name.starts_with("__") {
             continue; // introspection and __typename are answered by the gateway
@@ -402,29 +849,36 @@ pub fn plan(
         let info = sg
             .field(root, &f.name)
             .ok_or_else(|| PlanError::Unowned(format!("{root}.{}", f.name)))?;
-        let graph = by_graph
-            .iter()
-            .map(|(g, _)| g.clone())
-            .find(|g| info.graphs.contains(g))
-            .or_else(|| info.graphs.first().cloned())
+        let preferred: Vec<String> = if is_mutation {
+            groups.last().map(|(g, _)| g.clone()).into_iter().collect()
+        } else {
+            groups.iter().map(|(g, _)| g.clone()).collect()
+        };
+        let graph = planner
+            .choose(&info.graphs, f, &preferred)
             .ok_or_else(|| PlanError::Unowned(format!("{root}.{}", f.name)))?;
-        match by_graph.iter_mut().find(|(g, _)| *g == graph) {
+        let joinable = if is_mutation {
+            groups.last_mut().filter(|(g, _)| *g == graph)
+        } else {
+            groups.iter_mut().find(|(g, _)| *g == graph)
+        };
+        match joinable {
             Some((_, list)) => list.push(f.clone()),
-            None => by_graph.push((graph, vec![f.clone()])),
+            None => groups.push((graph, vec![f.clone()])),
         }
     }
-    let mut previous: Option<usize> = None;
-    for (graph, list) in by_graph {
-        // Mutations run in the order written; queries in parallel.
-        let deps = if operation == "mutation" {
-            previous.into_iter().collect()
+    for (graph, list) in groups {
+        // A mutation group starts when everything before it, entity
+        // fetches of earlier fields included, is done; query groups run in
+        // parallel.
+        let deps = if is_mutation {
+            (0..planner.fetches.len()).collect()
         } else {
             Vec::new()
         };
         let id = planner.new_fetch(&graph, FetchKind::Root { operation }, deps);
         let selection = planner.fields(id, &graph, root, &list, &[], None)?;
         planner.fetches[id].selection = selection;
-        previous = Some(id);
     }
     Ok(Plan {
         fetches: planner.fetches,
@@ -517,4 +971,146 @@ pub fn entity_fragment(type_name: &str, selection: &[SubField]) -> String {
     text.push_str(type_name);
     selection_text(selection, &mut text);
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apollo_compiler::ast::Type;
+    use std::time::Duration;
+
+    fn supergraph(file: &str) -> Supergraph {
+        let path = format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).expect("supergraph file");
+        Supergraph::parse(&text, &path).expect("supergraph")
+    }
+
+    fn field(key: &str, name: &str) -> Field {
+        Field {
+            key: key.into(),
+            name: name.into(),
+            args: Vec::new(),
+            ty: Type::NonNullNamed(apollo_compiler::Name::new("Int").expect("name")),
+            condition: None,
+            children: Vec::new(),
+            is_enum: false,
+        }
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[test]
+    fn mutation_fields_keep_document_order_and_only_adjacent_ones_share_a_fetch() {
+        let sg = supergraph("mutations-supergraph.graphql");
+        let fields = [
+            field("a", "deposit"),
+            field("b", "note"),
+            field("c", "withdraw"),
+            field("d", "deposit"),
+            field("e", "note"),
+        ];
+        let planned = super::plan(&sg, "Mutation", "mutation", &fields, later()).expect("plan");
+        let summary: Vec<(&str, Vec<&str>, Vec<usize>)> = planned
+            .fetches
+            .iter()
+            .map(|f| {
+                (
+                    f.graph.as_str(),
+                    f.selection.iter().map(|s| s.key.as_str()).collect(),
+                    f.deps.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("LEDGER", vec!["a"], vec![]),
+                ("AUDIT", vec!["b"], vec![0]),
+                ("LEDGER", vec!["c", "d"], vec![0, 1]),
+                ("AUDIT", vec!["e"], vec![0, 1, 2]),
+            ]
+        );
+        // The same fields as a query: one fetch per subgraph, in parallel.
+        let query = [
+            field("x", "balance"),
+            field("y", "notes"),
+            field("z", "balance"),
+        ];
+        let planned = super::plan(&sg, "Query", "query", &query, later()).expect("plan");
+        assert_eq!(planned.fetches.len(), 2);
+        assert!(planned.fetches.iter().all(|f| f.deps.is_empty()));
+    }
+
+    #[test]
+    fn planning_past_its_deadline_is_refused() {
+        let sg = supergraph("mutations-supergraph.graphql");
+        let past = Instant::now();
+        std::thread::sleep(Duration::from_millis(1));
+        assert_eq!(
+            super::plan(&sg, "Query", "query", &[field("x", "balance")], past),
+            Err(PlanError::Budget)
+        );
+    }
+
+    #[test]
+    fn a_field_no_plan_can_reach_is_a_planning_error_naming_it() {
+        // The machinery of a two-subgraph supergraph, with a type that
+        // only `AUDIT` knows fields of and that has no key there.
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/data/mutations-supergraph.graphql",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("supergraph file");
+        let machinery = &text[..text.find("type Query").expect("Query")];
+        let sdl = format!(
+            "{machinery}type Account @join__type(graph: AUDIT) @join__type(graph: LEDGER) {{\n  id: ID!\n  flagged: Boolean @join__field(graph: AUDIT)\n}}\n\
+             type Query @join__type(graph: AUDIT) @join__type(graph: LEDGER) {{\n  account: Account @join__field(graph: LEDGER)\n}}\n"
+        )
+        .replace("  mutation: Mutation\n", "");
+        let sg = Supergraph::parse(&sdl, "unreachable.graphql").expect("supergraph");
+        let account = Field {
+            ty: Type::Named(apollo_compiler::Name::new("Account").expect("name")),
+            children: vec![field("flagged", "flagged")],
+            ..field("account", "account")
+        };
+        let error = super::plan(&sg, "Query", "query", &[account], later()).expect_err("no plan");
+        assert_eq!(
+            error.to_string(),
+            "Account has no @key in AUDIT, so flagged cannot be fetched from there"
+        );
+    }
+
+    #[test]
+    fn a_chain_of_requires_waits_for_each_step() {
+        let sg = supergraph("requires-supergraph.graphql");
+        let products = Field {
+            ty: Type::NonNullList(Box::new(Type::NonNullNamed(
+                apollo_compiler::Name::new("Product").expect("name"),
+            ))),
+            children: vec![field("cost", "cost")],
+            ..field("products", "products")
+        };
+        let planned = super::plan(&sg, "Query", "query", &[products], later()).expect("plan");
+        let by_graph = |g: &str| planned.fetches.iter().find(|f| f.graph == g).expect(g);
+        let (catalog, physics, shipping) = (
+            by_graph("CATALOG"),
+            by_graph("PHYSICS"),
+            by_graph("SHIPPING"),
+        );
+        // catalog's root fetch asks for what physics needs: the key and size.
+        let mut text = String::new();
+        selection_text(&catalog.selection, &mut text);
+        assert_eq!(text, "{products{id size}}");
+        assert!(
+            matches!(&physics.kind, FetchKind::Entity { requires, .. } if requires.0[0].0 == "size")
+        );
+        assert_eq!(physics.deps, [catalog.id]);
+        assert!(
+            shipping.deps.contains(&physics.id),
+            "{}",
+            planned.describe()
+        );
+    }
 }

@@ -40,6 +40,8 @@ pub struct SubgraphConfig {
     /// Replaces the URL the supergraph names.
     pub url: Option<String>,
     pub timeout: Option<String>,
+    /// Overrides `dedupeSubgraphRequests` for this subgraph.
+    pub dedupe: Option<bool>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -50,6 +52,10 @@ pub struct LimitsConfig {
     pub max_root_fields: Option<usize>,
     pub max_cost: Option<u64>,
     pub list_size: Option<u64>,
+    pub max_tokens: Option<usize>,
+    pub max_expanded_selections: Option<u64>,
+    /// A duration (`500ms`, `1s`).
+    pub planning_budget: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -67,6 +73,12 @@ pub struct Config {
     #[serde(default)]
     pub propagate_headers: Vec<String>,
     pub max_request_bytes: Option<usize>,
+    /// Progressive `@override` labels that are on (see docs/graphql-gateway.md).
+    #[serde(default)]
+    pub override_labels: Vec<String>,
+    /// Identical query requests to a subgraph that are in flight together are
+    /// sent once and the answer shared (default true; mutations never).
+    pub dedupe_subgraph_requests: Option<bool>,
 }
 
 impl Config {
@@ -78,6 +90,14 @@ impl Config {
         if let Some(t) = &config.timeout {
             revmesh_duration::parse(t)
                 .map_err(|e| anyhow::anyhow!("{}: timeout: {e}", path.display()))?;
+        }
+        if let Some(t) = config
+            .limits
+            .as_ref()
+            .and_then(|l| l.planning_budget.as_ref())
+        {
+            revmesh_duration::parse(t)
+                .map_err(|e| anyhow::anyhow!("{}: limits.planningBudget: {e}", path.display()))?;
         }
         for (name, s) in &config.subgraphs {
             if let Some(t) = &s.timeout {
@@ -97,6 +117,14 @@ impl Config {
             l.max_root_fields = c.max_root_fields.unwrap_or(l.max_root_fields);
             l.max_cost = c.max_cost.unwrap_or(l.max_cost);
             l.list_size = c.list_size.unwrap_or(l.list_size);
+            l.max_tokens = c.max_tokens.unwrap_or(l.max_tokens);
+            l.max_expanded_selections = c
+                .max_expanded_selections
+                .unwrap_or(l.max_expanded_selections);
+            // Checked when the file was loaded.
+            if let Some(Ok(budget)) = c.planning_budget.as_deref().map(revmesh_duration::parse) {
+                l.planning_budget = budget;
+            }
         }
         l.introspection = self.introspection.unwrap_or(true);
         l
@@ -110,7 +138,8 @@ pub fn build(
     config: &Config,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Gateway> {
-    let sg = Supergraph::parse(text, &path.display().to_string())?;
+    let sg =
+        Supergraph::parse_with_labels(text, &path.display().to_string(), &config.override_labels)?;
     let mut endpoints = BTreeMap::new();
     for (id, g) in &sg.graphs {
         let url = config
@@ -144,6 +173,14 @@ pub fn build(
     subgraphs.observe = Some(Arc::new(move |name: &str, secs: f64, ok: bool| {
         m.observe_fetch(name, secs, ok)
     }));
+    subgraphs.dedupe = config.dedupe_subgraph_requests.unwrap_or(true);
+    subgraphs.dedupe_by_subgraph = config
+        .subgraphs
+        .iter()
+        .filter_map(|(name, s)| Some((name.clone(), s.dedupe?)))
+        .collect();
+    let m = Arc::clone(metrics);
+    subgraphs.observe_shared = Some(Arc::new(move |name: &str| m.observe_shared_fetch(name)));
     Ok(Gateway::new(Arc::new(sg), subgraphs, config.limits()))
 }
 

@@ -64,12 +64,19 @@ impl<'a> Shaper<'a> {
         }
     }
 
-    /// Writes the selection `fields` of an object of type `type_name`; Err
-    /// (with `out` left as it was) if a non-null field came out null.
+    /// Writes the selection of an object of type `type_name`; Err (with
+    /// `out` left as it was) if a non-null field came out null.
+    ///
+    /// `selections` are the sub-selections of every field merged into this
+    /// one (one, unless the client selected the same response key more than
+    /// once under different type conditions). As graphql-js's field
+    /// collection does, the fields that apply to the object's type are
+    /// grouped by response key in first-seen order, and each group is
+    /// written once with the sub-selections of all its fields merged.
     fn object(
         &mut self,
         out: &mut Vec<u8>,
-        fields: &'a [Field],
+        selections: &[&'a [Field]],
         value: &Object,
         type_name: &str,
     ) -> Result<(), Bubble> {
@@ -79,57 +86,87 @@ impl<'a> Shaper<'a> {
             .and_then(Value::as_str)
             .unwrap_or(type_name);
         out.push(b'{');
-        let mut first = true;
-        // Only fields under type conditions can share a response key (the
-        // normaliser merged the rest), so only they are checked for repeats.
-        let track = fields.iter().any(|f| f.condition.is_some());
-        let mut written: Vec<&str> = Vec::new();
-        for f in fields {
-            if !self.applies(&f.condition, concrete) {
-                continue;
+        // The normaliser merged fields of one key and condition, so a single
+        // selection without type conditions has no repeated key: the common
+        // case, written without grouping.
+        let simple = selections.len() == 1 && selections[0].iter().all(|f| f.condition.is_none());
+        let completed = if simple {
+            let mut result = Ok(());
+            for (i, f) in selections[0].iter().enumerate() {
+                result = self.member(out, i > 0, std::slice::from_ref(&f), value, concrete);
+                if result.is_err() {
+                    break;
+                }
             }
-            if track {
-                if written.contains(&f.key.as_str()) {
+            result
+        } else {
+            let mut groups: Vec<(&'a str, Vec<&'a Field>)> = Vec::new();
+            for f in selections.iter().flat_map(|s| s.iter()) {
+                if !self.applies(&f.condition, concrete) {
                     continue;
                 }
-                written.push(&f.key);
+                match groups.iter_mut().find(|(k, _)| *k == f.key) {
+                    Some((_, group)) => group.push(f),
+                    None => groups.push((&f.key, vec![f])),
+                }
             }
-            if !first {
-                out.push(b',');
+            let mut result = Ok(());
+            for (i, (_, group)) in groups.iter().enumerate() {
+                result = self.member(out, i > 0, group, value, concrete);
+                if result.is_err() {
+                    break;
+                }
             }
-            first = false;
-            write_key(out, &f.key);
-            out.push(b':');
-            if f.name == "__typename" {
-                write_str(out, concrete);
-                continue;
-            }
-            self.path.push(PathItem::Key(&f.key));
-            let completed = self.value(
-                out,
-                f,
-                &f.ty,
-                value.get(&f.key).unwrap_or(&Value::Null),
-                concrete,
-            );
-            self.path.pop();
-            if completed.is_err() {
-                out.truncate(start);
-                return Err(Bubble);
-            }
+            result
+        };
+        if completed.is_err() {
+            out.truncate(start);
+            return Err(Bubble);
         }
         out.push(b'}');
         Ok(())
     }
 
+    /// Writes `"key":value` for the fields `group` (one response key).
+    fn member(
+        &mut self,
+        out: &mut Vec<u8>,
+        comma: bool,
+        group: &[&'a Field],
+        value: &Object,
+        concrete: &str,
+    ) -> Result<(), Bubble> {
+        let f = group[0];
+        if comma {
+            out.push(b',');
+        }
+        write_key(out, &f.key);
+        out.push(b':');
+        if f.name == "__typename" {
+            write_str(out, concrete);
+            return Ok(());
+        }
+        self.path.push(PathItem::Key(&f.key));
+        let completed = self.value(
+            out,
+            group,
+            &f.ty,
+            value.get(&f.key).unwrap_or(&Value::Null),
+            concrete,
+        );
+        self.path.pop();
+        completed
+    }
+
     fn value(
         &mut self,
         out: &mut Vec<u8>,
-        field: &'a Field,
+        group: &[&'a Field],
         ty: &Type,
         value: &Value,
         parent_type: &str,
     ) -> Result<(), Bubble> {
+        let field = group[0];
         if value.is_null() {
             if ty.is_non_null() {
                 self.errors.push(json!({"message": format!("Cannot return null for non-nullable field {parent_type}.{}.", field.name), "path": self.path_json()}));
@@ -149,7 +186,7 @@ impl<'a> Shaper<'a> {
                             out.push(b',');
                         }
                         self.path.push(PathItem::Index(i));
-                        result = self.value(out, field, inner, item, parent_type);
+                        result = self.value(out, group, inner, item, parent_type);
                         self.path.pop();
                         if result.is_err() {
                             break;
@@ -165,11 +202,23 @@ impl<'a> Shaper<'a> {
             },
             Type::Named(name) | Type::NonNullNamed(name) => {
                 if field.children.is_empty() {
-                    write_json(out, value);
-                    Ok(())
+                    if field.is_enum {
+                        self.enum_value(out, name.as_str(), value, ty.is_non_null())
+                    } else {
+                        write_json(out, value);
+                        Ok(())
+                    }
                 } else {
                     match value {
-                        Value::Object(map) => self.object(out, &field.children, map, name.as_str()),
+                        Value::Object(map) if group.len() == 1 => {
+                            let one = [field.children.as_slice()];
+                            self.object(out, &one, map, name.as_str())
+                        }
+                        Value::Object(map) => {
+                            let merged: Vec<&'a [Field]> =
+                                group.iter().map(|f| f.children.as_slice()).collect();
+                            self.object(out, &merged, map, name.as_str())
+                        }
                         _ => {
                             out.extend_from_slice(b"null");
                             Ok(())
@@ -192,11 +241,43 @@ impl<'a> Shaper<'a> {
         }
     }
 
+    /// Writes an enum value if the API schema has it. A value it does not
+    /// have (`@inaccessible`, or unknown) is an error at this path, and the
+    /// field is null, as graphql-js does when a resolver returns one.
+    fn enum_value(
+        &mut self,
+        out: &mut Vec<u8>,
+        enum_name: &str,
+        value: &Value,
+        non_null: bool,
+    ) -> Result<(), Bubble> {
+        let known = match (self.schema.types.get(enum_name), value.as_str()) {
+            (Some(apollo_compiler::schema::ExtendedType::Enum(e)), Some(v)) => {
+                e.values.contains_key(v)
+            }
+            _ => false,
+        };
+        if known {
+            write_json(out, value);
+            return Ok(());
+        }
+        let shown = serde_json::to_string(&Json::from(value.clone())).unwrap_or_default();
+        self.errors.push(json!({
+            "message": format!("Enum \"{enum_name}\" cannot represent value: {shown}"),
+            "path": self.path_json(),
+        }));
+        if non_null {
+            return Err(Bubble);
+        }
+        out.extend_from_slice(b"null");
+        Ok(())
+    }
+
     /// Writes the `data` of the response for the root selection.
     pub fn root(&mut self, out: &mut Vec<u8>, fields: &'a [Field], data: &Value, root_type: &str) {
         let empty = Object::new();
         let map = data.as_object().unwrap_or(&empty);
-        if self.object(out, fields, map, root_type).is_err() {
+        if self.object(out, &[fields], map, root_type).is_err() {
             out.extend_from_slice(b"null");
         }
     }

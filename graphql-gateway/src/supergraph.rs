@@ -30,15 +30,32 @@ pub struct Graph {
 }
 
 /// A selection written in a directive argument (`@key`, `@requires`,
-/// `@provides`): field names with optional nested selections.
+/// `@provides`): field names with optional nested selections. An inline
+/// fragment is an entry named `... on Type` whose nested set is its
+/// selection (see [`FieldSet::condition`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FieldSet(pub Vec<(String, FieldSet)>);
 
+const INLINE: &str = "... on ";
+
 impl FieldSet {
+    /// The type condition of an entry, if it is an inline fragment.
+    pub fn condition(entry: &str) -> Option<&str> {
+        entry.strip_prefix(INLINE)
+    }
+
+    /// Whether an entry of this set (at any depth) is an inline fragment:
+    /// its objects then need `__typename` to be told apart.
+    pub fn has_conditions(&self) -> bool {
+        self.0.iter().any(|(n, _)| Self::condition(n).is_some())
+    }
+
     pub fn parse(text: &str) -> Result<FieldSet, String> {
         let tokens: Vec<String> = text
             .replace('{', " { ")
             .replace('}', " } ")
+            .replace(',', " ")
+            .replace("...", " ... ")
             .split_whitespace()
             .map(str::to_string)
             .collect();
@@ -53,10 +70,28 @@ impl FieldSet {
     fn parse_level(tokens: &[String], at: &mut usize) -> Result<FieldSet, String> {
         let mut fields = Vec::new();
         while *at < tokens.len() && tokens[*at] != "}" {
-            let name = tokens[*at].clone();
-            if name == "{" || name.starts_with("...") {
-                return Err(format!("unsupported field set syntax at {name:?}"));
-            }
+            let token = tokens[*at].as_str();
+            let name = if token == "..." {
+                // `... on Type { ... }`: the selection applies to objects of Type.
+                match (tokens.get(*at + 1).map(String::as_str), tokens.get(*at + 2)) {
+                    (Some("on"), Some(type_name)) if type_name != "{" => {
+                        *at += 2;
+                        format!("{INLINE}{type_name}")
+                    }
+                    _ => {
+                        return Err(
+                            "an inline fragment in a field set needs a type condition (`... on Type { ... }`)"
+                                .into(),
+                        )
+                    }
+                }
+            } else if token == "{" || token.contains('(') || token.contains('@') {
+                return Err(format!(
+                    "unsupported field set syntax at {token:?} (arguments and directives are not supported in field sets)"
+                ));
+            } else {
+                token.to_string()
+            };
             *at += 1;
             let mut sub = FieldSet::default();
             if tokens.get(*at).map(String::as_str) == Some("{") {
@@ -66,6 +101,8 @@ impl FieldSet {
                     return Err("unclosed { in field set".into());
                 }
                 *at += 1;
+            } else if Self::condition(&name).is_some() {
+                return Err(format!("{name} in a field set has no selection"));
             }
             fields.push((name, sub));
         }
@@ -82,6 +119,9 @@ pub struct TypeInfo {
     pub is_abstract: bool,
     /// Object types that implement this interface or belong to this union.
     pub possible: Vec<String>,
+    /// Graphs that know this interface as an object (`@interfaceObject`):
+    /// they resolve its fields for every implementation, by its key.
+    pub interface_objects: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -147,6 +187,7 @@ fn api_schema(full: &Valid<Schema>) -> Result<Valid<Schema>, SupergraphError> {
     s.types.retain(|name, ty| {
         !machinery(name) && !ty.directives().iter().any(|d| d.name == "inaccessible")
     });
+    let kept: std::collections::HashSet<apollo_compiler::Name> = s.types.keys().cloned().collect();
     s.directive_definitions.retain(|name, _| !machinery(name));
     s.schema_definition
         .make_mut()
@@ -169,14 +210,21 @@ fn api_schema(full: &Valid<Schema>) -> Result<Valid<Schema>, SupergraphError> {
             ExtendedType::Object(o) => {
                 let o = o.make_mut();
                 o.directives.0.retain(|d| !machinery(&d.name));
+                o.implements_interfaces.retain(|i| kept.contains(&i.name));
                 clean_fields(&mut o.fields);
             }
             ExtendedType::Interface(i) => {
                 let i = i.make_mut();
                 i.directives.0.retain(|d| !machinery(&d.name));
+                i.implements_interfaces.retain(|n| kept.contains(&n.name));
                 clean_fields(&mut i.fields);
             }
-            ExtendedType::Union(u) => u.make_mut().directives.0.retain(|d| !machinery(&d.name)),
+            ExtendedType::Union(u) => {
+                let u = u.make_mut();
+                u.directives.0.retain(|d| !machinery(&d.name));
+                // An inaccessible member is not a member to clients.
+                u.members.retain(|m| kept.contains(&m.name));
+            }
             ExtendedType::Enum(e) => {
                 let e = e.make_mut();
                 e.directives.0.retain(|d| !machinery(&d.name));
@@ -204,8 +252,30 @@ fn api_schema(full: &Valid<Schema>) -> Result<Valid<Schema>, SupergraphError> {
     })
 }
 
+/// Whether a progressive `@override` label is on: `percent(100)` always,
+/// `percent(0)` never, any other label (other percentages included) only
+/// when the configuration's `overrideLabels` lists it. Plans are cached per
+/// operation, so a percentage is not drawn per request: until a label is
+/// listed, its fields stay with the subgraph they are being moved from.
+fn label_on(label: &str, enabled: &[String]) -> bool {
+    match label.replace(' ', "").as_str() {
+        "percent(100)" => true,
+        "percent(0)" => false,
+        _ => enabled.iter().any(|l| l == label),
+    }
+}
+
 impl Supergraph {
     pub fn parse(text: &str, path: &str) -> Result<Supergraph, SupergraphError> {
+        Self::parse_with_labels(text, path, &[])
+    }
+
+    /// Parses with the progressive-override labels `override_labels` on.
+    pub fn parse_with_labels(
+        text: &str,
+        path: &str,
+        override_labels: &[String],
+    ) -> Result<Supergraph, SupergraphError> {
         let schema = Schema::parse_and_validate(text, path)
             .map_err(|e| SupergraphError::Invalid(e.errors.to_string()))?;
         let Some(ExtendedType::Enum(graph_enum)) = schema.types.get("join__Graph") else {
@@ -248,6 +318,11 @@ impl Supergraph {
                     coordinate: type_name.to_string(),
                     message: "@join__type without graph".into(),
                 })?;
+                if bool_arg(d, "isInterfaceObject").unwrap_or(false)
+                    && !info.interface_objects.contains(&graph)
+                {
+                    info.interface_objects.push(graph.clone());
+                }
                 let entry = info.keys.entry(graph.clone()).or_default();
                 if let Some(key) = string_arg(d, "key") {
                     entry.push(FieldSet::parse(&key).map_err(|message| {
@@ -296,12 +371,34 @@ impl Supergraph {
                     f.graphs = type_graphs.clone();
                 }
                 for d in joins {
+                    // Refused rather than planned without the argument.
+                    if d.specified_argument_by_name("contextArguments").is_some() {
+                        return Err(SupergraphError::Directive {
+                            coordinate,
+                            message: "@fromContext (join__field contextArguments) is not supported by this gateway".into(),
+                        });
+                    }
                     let Some(graph) = enum_arg(d, "graph") else {
                         continue;
                     };
                     if bool_arg(d, "external").unwrap_or(false) {
                         f.external.push(graph);
                         continue;
+                    }
+                    // `@override`: the overridden subgraph keeps a
+                    // `usedOverridden` entry only because other fields
+                    // use it (a key); it no longer resolves the field.
+                    if bool_arg(d, "usedOverridden").unwrap_or(false) {
+                        continue;
+                    }
+                    // Progressive override: the entry with `override:` counts
+                    // while the label is on, the bare one while it is off.
+                    if let Some(label) = string_arg(d, "overrideLabel") {
+                        let on = label_on(&label, override_labels);
+                        let overriding = string_arg(d, "override").is_some();
+                        if on != overriding {
+                            continue;
+                        }
                     }
                     if let Some(req) = string_arg(d, "requires") {
                         f.requires.insert(
@@ -359,11 +456,51 @@ impl Supergraph {
 
     /// Whether `graph` can resolve `type_name.field` itself.
     pub fn resolves(&self, graph: &str, type_name: &str, field: &str) -> bool {
-        if field == "__typename" {
+        // An inline fragment of a field set selects on the type itself.
+        if field == "__typename" || FieldSet::condition(field).is_some() {
             return true;
         }
         self.field(type_name, field)
             .is_some_and(|f| f.graphs.iter().any(|g| g == graph))
+    }
+
+    /// Whether `graph` defines the type (has a `@join__type` for it). A type
+    /// without any `@join__type` counts as defined everywhere.
+    pub fn defines(&self, graph: &str, type_name: &str) -> bool {
+        self.types
+            .get(type_name)
+            .is_none_or(|t| t.keys.is_empty() || t.keys.contains_key(graph))
+    }
+
+    /// Whether `graph` knows the interface `type_name` as an object
+    /// (`@interfaceObject`): it neither knows the implementations nor
+    /// answers `__typename` with them.
+    pub fn is_interface_object(&self, graph: &str, type_name: &str) -> bool {
+        self.types
+            .get(type_name)
+            .is_some_and(|t| t.interface_objects.iter().any(|g| g == graph))
+    }
+
+    /// An interface that `concrete` implements and that `graph` knows as
+    /// an object with a key: entities of `concrete` are fetched from
+    /// `graph` as that interface.
+    pub fn interface_object_for(&self, graph: &str, concrete: &str) -> Option<&str> {
+        self.types
+            .iter()
+            .filter(|(_, t)| t.interface_objects.iter().any(|g| g == graph))
+            .filter(|(_, t)| t.possible.iter().any(|p| p == concrete))
+            .map(|(name, _)| name.as_str())
+            .find(|name| self.key(graph, name).is_some())
+    }
+
+    /// The keys of `type_name` that `graph` can resolve entities by.
+    pub fn keys(&self, graph: &str, type_name: &str) -> &[FieldSet] {
+        match self.types.get(type_name) {
+            Some(t) if t.resolvable.iter().any(|g| g == graph) => {
+                t.keys.get(graph).map(Vec::as_slice).unwrap_or(&[])
+            }
+            _ => &[],
+        }
     }
 
     /// A key of `type_name` that `graph` can resolve entities by.
@@ -395,5 +532,13 @@ mod tests {
         assert_eq!(nested.0[1].0, "organization");
         assert_eq!(nested.0[1].1 .0[0].0, "id");
         assert!(FieldSet::parse("id {").is_err());
+        let inline = FieldSet::parse("pet { ... on Dog { barks } ...on Cat { meows } }")
+            .expect("inline fragments");
+        let pet = &inline.0[0].1;
+        assert_eq!(pet.0[0].0, "... on Dog");
+        assert_eq!(FieldSet::condition(&pet.0[1].0), Some("Cat"));
+        assert_eq!(pet.0[1].1 .0[0].0, "meows");
+        assert!(pet.has_conditions());
+        assert!(FieldSet::parse("pet { ... { barks } }").is_err());
     }
 }

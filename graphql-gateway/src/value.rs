@@ -184,7 +184,9 @@ impl Serialize for Value {
 /// copied whole instead of byte by byte.
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
     // A fold without early exit, so the check compiles to vector compares.
-    let needs_escape = text.as_bytes().iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    let needs_escape = text.as_bytes().iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
     if needs_escape {
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(out, text);
@@ -237,7 +239,10 @@ pub fn write_json(out: &mut Vec<u8>, value: &Value) {
 fn without_repeated_keys(fields: Vec<(CompactString, Value)>) -> Object {
     const PAIRWISE: usize = 16;
     let repeated = if fields.len() <= PAIRWISE {
-        fields.iter().enumerate().any(|(i, (k, _))| fields[..i].iter().any(|(earlier, _)| earlier == k))
+        fields
+            .iter()
+            .enumerate()
+            .any(|(i, (k, _))| fields[..i].iter().any(|(earlier, _)| earlier == k))
     } else {
         let mut seen = std::collections::HashSet::with_capacity(fields.len());
         !fields.iter().all(|(k, _)| seen.insert(k.as_str()))
@@ -245,7 +250,8 @@ fn without_repeated_keys(fields: Vec<(CompactString, Value)>) -> Object {
     if !repeated {
         return Object(fields);
     }
-    let mut at: std::collections::HashMap<CompactString, usize> = std::collections::HashMap::with_capacity(fields.len());
+    let mut at: std::collections::HashMap<CompactString, usize> =
+        std::collections::HashMap::with_capacity(fields.len());
     let mut out: Vec<(CompactString, Value)> = Vec::with_capacity(fields.len());
     for (k, v) in fields {
         match at.get(&k) {
@@ -303,7 +309,8 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut fields: Vec<(CompactString, Value)> = Vec::with_capacity(map.size_hint().unwrap_or(4));
+        let mut fields: Vec<(CompactString, Value)> =
+            Vec::with_capacity(map.size_hint().unwrap_or(4));
         while let Some(key) = map.next_key::<KeyText>()? {
             fields.push((key.0, map.next_value()?));
         }
@@ -375,7 +382,11 @@ mod tests {
         let o = v.as_object().expect("object");
         assert_eq!(o.len(), 100);
         assert_eq!(o.get("k7").and_then(Value::as_str), Some("last"));
-        assert_eq!(o.iter().nth(7).map(|(k, _)| k), Some("k7"), "the first place is kept");
+        assert_eq!(
+            o.iter().nth(7).map(|(k, _)| k),
+            Some("k7"),
+            "the first place is kept"
+        );
     }
 
     #[test]

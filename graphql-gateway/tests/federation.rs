@@ -93,13 +93,19 @@ impl Gateway {
 
     /// POSTs a GraphQL request; (status, content type, body).
     fn post(&self, body: &Json, accept: &str) -> (u16, String, Json) {
+        // From a file: a large body does not fit in an argument list.
+        let file = tempfile::NamedTempFile::new_in(self.dir.path()).expect("body file");
+        std::fs::write(file.path(), body.to_string()).expect("body");
         let (code, head, text) = self.curl(&[
             "-H",
             "content-type: application/json",
             "-H",
             &format!("accept: {accept}"),
+            // No `100 Continue` before the answer's own header.
+            "-H",
+            "expect:",
             "--data-binary",
-            &body.to_string(),
+            &format!("@{}", file.path().display()),
             &format!("http://127.0.0.1:{}/graphql", self.port),
         ]);
         let ctype = head
@@ -620,4 +626,587 @@ fn interfaces_and_unions_are_planned_across_subgraphs() {
     }});
     assert_eq!(got, expected, "gateway log:\n{}", gw.log());
     assert!(subgraphs.requests["ratings"].load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}
+
+/// A gateway over `supergraph` (tests/data) whose subgraphs `names` are
+/// served at `/<name>` by `subgraphs`.
+fn gateway_over(
+    supergraph: &str,
+    subgraphs: &common::Subgraphs,
+    names: &[&str],
+    extra: &str,
+) -> Gateway {
+    let mut config = String::from("subgraphs:\n");
+    for name in names {
+        config.push_str(&format!(
+            "  {name}: {{url: \"http://{}/{name}\"}}\n",
+            subgraphs.addr
+        ));
+    }
+    config.push_str(extra);
+    Gateway::start_with(supergraph, &config)
+}
+
+fn requests(subgraphs: &common::Subgraphs, name: &str) -> usize {
+    subgraphs.requests[name].load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn message(response: &Json) -> String {
+    response["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn costly_documents_are_refused_by_the_token_pass_before_validation() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::start());
+    let gw = Gateway::start(subgraphs.addr, "");
+    let limited = |response: &Json, limit: &str| {
+        assert_eq!(
+            response["errors"][0]["extensions"]["code"], "OPERATION_LIMIT_EXCEEDED",
+            "{response}"
+        );
+        assert!(message(response).contains(limit), "{response}");
+        assert!(response.get("data").is_none(), "{response}");
+    };
+    // A megabyte of aliases (under the 2 MB body limit).
+    let mut bomb = String::from("{ ");
+    let mut i = 0;
+    while bomb.len() < 1 << 20 {
+        bomb.push_str(&format!("a{i}: __typename "));
+        i += 1;
+    }
+    bomb.push('}');
+    limited(&gw.query(&bomb), "limits.maxAliases");
+    // A megabyte of plain fields: the token limit stops the scan.
+    let fields = format!("{{ {} }}", "__typename ".repeat((1 << 20) / 11));
+    limited(&gw.query(&fields), "limits.maxTokens");
+    // Fragments spreading the next one twice per level: 2^40 fields once
+    // expanded, refused from their counts.
+    let mut doubling = String::from("{ me { ...F0 } }\n");
+    for level in 0..40 {
+        doubling.push_str(&format!(
+            "fragment F{level} on User {{ id ...F{n} ...F{n} }}\n",
+            n = level + 1
+        ));
+    }
+    doubling.push_str("fragment F40 on User { id }\n");
+    limited(&gw.query(&doubling), "limits.maxExpandedSelections");
+    // Too deep, with fields that do not even exist: refused before validation.
+    let deep = format!("{}{}", "{ nope ".repeat(30), "}".repeat(30));
+    limited(&gw.query(&deep), "limits.maxDepth");
+    // An ordinary query still gets its answer.
+    assert_eq!(
+        gw.query("{ me { id username } }"),
+        json!({"data": {"me": {"id": "1", "username": "urigo"}}})
+    );
+
+    // The planning budget: with none at all, planning stops at once.
+    let no_budget = Gateway::start(subgraphs.addr, "limits: {planningBudget: 0ms}\n");
+    limited(&no_budget.query("{ me { id } }"), "limits.planningBudget");
+}
+
+#[test]
+fn mutation_fields_run_one_after_another_in_document_order() {
+    let rt = runtime();
+    let (subgraphs, journal) = rt.block_on(common::features::mutations::start());
+    let gw = gateway_over(
+        "mutations-supergraph.graphql",
+        &subgraphs,
+        &["ledger", "audit"],
+        "",
+    );
+    let got = gw.query(
+        "mutation { a: deposit(amount: 10) b: note(text: \"x\") c: withdraw(amount: 3) d: deposit(amount: 1) e: note(text: \"y\") }",
+    );
+    assert_eq!(
+        got,
+        json!({"data": {
+            "a": 10,
+            "b": "x after [deposit 10]",
+            "c": 7,
+            "d": 8,
+            "e": "y after [deposit 10, note x, withdraw 3, deposit 1]",
+        }}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        journal.lock().expect("journal").entries,
+        ["deposit 10", "note x", "withdraw 3", "deposit 1", "note y"]
+    );
+    // c and d are adjacent fields of ledger: one request for both.
+    assert_eq!(
+        (
+            requests(&subgraphs, "ledger"),
+            requests(&subgraphs, "audit")
+        ),
+        (2, 2)
+    );
+}
+
+#[test]
+fn fields_selected_twice_through_fragments_are_merged_as_graphql_js_does() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::fragments::start());
+    let gw = gateway_over(
+        "fragments-supergraph.graphql",
+        &subgraphs,
+        &["library", "people"],
+        "",
+    );
+    let got = gw.query(
+        "{ items { id author { name } ... on Book { title author { born } } ...B } } \
+         fragment B on Book { author { id name } }",
+    );
+    // On the Book, `author` is collected from three places and its
+    // sub-selections merged, in first-seen order; the Map only has the first.
+    let expected = json!({"data": {"items": [
+        {"id": "b1", "author": {"name": "Frank", "born": 1920, "id": "p1"}, "title": "Dune"},
+        {"id": "m1", "author": {"name": "Ann"}},
+    ]}});
+    assert_eq!(got, expected, "gateway log:\n{}", gw.log());
+    assert_eq!(
+        serde_json::to_string(&got).expect("text"),
+        serde_json::to_string(&expected).expect("text"),
+        "field order"
+    );
+}
+
+#[test]
+fn inaccessible_elements_are_hidden_and_refused_when_named() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::inaccessible::start());
+    let gw = gateway_over(
+        "inaccessible-supergraph.graphql",
+        &subgraphs,
+        &["shop", "stock"],
+        "",
+    );
+    // An inaccessible enum value coming back from a subgraph is an error at
+    // its path, and nulls propagate (the list's items are non-null).
+    let got = gw.query("{ products { id name color colors stock(warehouse: \"north\") } }");
+    assert_eq!(
+        got,
+        json!({
+            "errors": [
+                {"message": "Enum \"Color\" cannot represent value: \"SECRET\"", "path": ["products", 1, "color"]},
+                {"message": "Enum \"Color\" cannot represent value: \"SECRET\"", "path": ["products", 1, "colors", 1]},
+            ],
+            "data": {"products": [
+                {"id": "p1", "name": "Lamp", "color": "RED", "colors": ["RED", "GREEN"], "stock": 3},
+                {"id": "p2", "name": "Safe", "color": null, "colors": null, "stock": 0},
+            ]},
+        }),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    // Named by a client: a field, a type's root field, an argument, an enum
+    // value in a literal and in a variable.
+    for (query, variables, named) in [
+        ("{ products { id cost } }", json!({}), "cost"),
+        ("{ internal { x } }", json!({}), "internal"),
+        (
+            "{ products { stock(internal: true) } }",
+            json!({}),
+            "internal",
+        ),
+        ("{ products(color: SECRET) { id } }", json!({}), "SECRET"),
+        (
+            "query($c: Color) { products(color: $c) { id } }",
+            json!({"c": "SECRET"}),
+            "SECRET",
+        ),
+        (
+            "{ products { ... on Internal { x } } }",
+            json!({}),
+            "Internal",
+        ),
+    ] {
+        let (_, _, body) = gw.post(
+            &json!({"query": query, "variables": variables}),
+            "application/json",
+        );
+        assert!(body.get("data").is_none(), "{query}: {body}");
+        assert!(message(&body).contains(named), "{query}: {body}");
+    }
+    // Introspection does not show them.
+    let intro = gw.query(
+        "{ color: __type(name: \"Color\") { enumValues { name } } internal: __type(name: \"Internal\") { name } \
+           product: __type(name: \"Product\") { fields { name args { name } } } \
+           thing: __type(name: \"Thing\") { possibleTypes { name } } }",
+    );
+    assert_eq!(
+        intro,
+        json!({"data": {
+            "color": {"enumValues": [{"name": "RED"}, {"name": "GREEN"}]},
+            "internal": null,
+            "product": {"fields": [
+                {"name": "id", "args": []},
+                {"name": "name", "args": []},
+                {"name": "color", "args": []},
+                {"name": "colors", "args": []},
+                {"name": "stock", "args": [{"name": "warehouse"}]},
+            ]},
+            // An inaccessible member is no member.
+            "thing": {"possibleTypes": [{"name": "Product"}]},
+        }})
+    );
+}
+
+#[test]
+fn shareable_fields_go_to_the_subgraph_that_resolves_the_whole_path() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::shareable::start());
+    let gw = gateway_over(
+        "shareable-supergraph.graphql",
+        &subgraphs,
+        &["a", "b", "c"],
+        "",
+    );
+    // `product` is shareable in a and b; only b has `price`, so b answers
+    // the whole field in one request.
+    let got = gw.query("{ product(id: \"2\") { name price } }");
+    assert_eq!(
+        got,
+        json!({"data": {"product": {"name": "Desk", "price": 120}}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        (
+            requests(&subgraphs, "a"),
+            requests(&subgraphs, "b"),
+            requests(&subgraphs, "c")
+        ),
+        (0, 1, 0)
+    );
+    // `reviews` lives in c, keyed by `sku`, which a does not know: the
+    // gateway gets `sku` from b (by `id`, a key a can supply), then goes to c.
+    // `dims` is a value type (no key): a resolves `dims` but not
+    // `dims.depth`, so the whole `dims` comes from b.
+    let got = gw.query("{ products { name reviews dims { width depth } } }");
+    assert_eq!(
+        got,
+        json!({"data": {"products": [
+            {"name": "Chair", "reviews": ["sturdy", "tall"], "dims": {"width": 50, "depth": 55}},
+            {"name": "Desk", "reviews": [], "dims": {"width": 140, "depth": 70}},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    // A field a resolves, with the whole path in a: no other subgraph.
+    let before = requests(&subgraphs, "b");
+    assert_eq!(
+        gw.query("{ products { id dims { width } } }"),
+        json!({"data": {"products": [{"id": "1", "dims": {"width": 50}}, {"id": "2", "dims": {"width": 140}}]}})
+    );
+    assert_eq!(requests(&subgraphs, "b"), before);
+}
+
+#[test]
+fn chained_requires_pass_through_every_subgraph_on_the_way() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::requires::start());
+    let gw = gateway_over(
+        "requires-supergraph.graphql",
+        &subgraphs,
+        &["catalog", "physics", "shipping"],
+        "",
+    );
+    // cost (shipping) requires weight (physics), which requires size
+    // (catalog); cost has an argument, asked twice under aliases. Product 2
+    // has no size, so neither weight nor cost.
+    let got = gw.query("{ products { id eu: cost(zone: \"EU\") us: cost(zone: \"US\") } }");
+    assert_eq!(
+        got,
+        json!({"data": {"products": [
+            {"id": "1", "eu": 10, "us": 30},
+            {"id": "2", "eu": null, "us": null},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    // Asked directly, weight needs only the first step.
+    assert_eq!(
+        gw.query("{ products { weight } }"),
+        json!({"data": {"products": [{"weight": 10}, {"weight": null}]}})
+    );
+}
+
+#[test]
+fn overridden_fields_come_from_the_overriding_subgraph_and_labels_are_off_by_default() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::overrides::start());
+    let query = "{ products { name price tax code } }";
+    let gw = gateway_over(
+        "override-supergraph.graphql",
+        &subgraphs,
+        &["pricing", "billing"],
+        "",
+    );
+    assert_eq!(
+        gw.query(query),
+        json!({"data": {"products": [
+            {"name": "product 1", "price": 10, "tax": 1, "code": "from billing"},
+            {"name": "product 2", "price": 20, "tax": 1, "code": "from billing"},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    drop(gw);
+    // With the label on, `tax` moves to billing too.
+    let gw = gateway_over(
+        "override-supergraph.graphql",
+        &subgraphs,
+        &["pricing", "billing"],
+        "overrideLabels: [\"percent(25)\"]\n",
+    );
+    assert_eq!(
+        gw.query(query),
+        json!({"data": {"products": [
+            {"name": "product 1", "price": 10, "tax": 2, "code": "from billing"},
+            {"name": "product 2", "price": 20, "tax": 2, "code": "from billing"},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn field_sets_with_nested_selections_and_inline_fragments_load_and_plan() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::fieldsets::start());
+    let gw = gateway_over(
+        "fieldsets-supergraph.graphql",
+        &subgraphs,
+        &["pets", "vet"],
+        "",
+    );
+    // The representation carries `pet` with `__typename` and the fields of
+    // the inline fragment matching its type.
+    assert_eq!(
+        gw.query("{ owners { id pet { name } advice } }"),
+        json!({"data": {"owners": [
+            {"id": "o1", "pet": {"name": "Rex"}, "advice": "walk the dog (barks: true)"},
+            {"id": "o2", "pet": {"name": "Tom"}, "advice": "feed the cat (meows: 3)"},
+            {"id": "o3", "pet": null, "advice": "no pet (null)"},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn type_conditions_go_only_to_subgraphs_that_define_the_type() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::conditions::start());
+    let gw = gateway_over(
+        "conditions-supergraph.graphql",
+        &subgraphs,
+        &["search", "films"],
+        "",
+    );
+    // Each subgraph knows one member of the union; the other's condition
+    // must not be sent to it (it would be refused as an unknown type).
+    let got = gw.query(
+        "{ search { __typename ... on Book { title pages } ... on Movie { title minutes } } \
+           trending { __typename ... on Book { title } ... on Movie { title minutes } } }",
+    );
+    assert_eq!(
+        got,
+        json!({"data": {
+            "search": [{"__typename": "Book", "title": "Dune", "pages": 412}],
+            "trending": [{"__typename": "Movie", "title": "Alien", "minutes": 117}],
+        }}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn interface_objects_add_fields_to_every_implementation() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::interface_object::start());
+    let gw = gateway_over(
+        "interface-object-supergraph.graphql",
+        &subgraphs,
+        &["media", "reviews"],
+        "",
+    );
+    // `reviews` on the interface and on one implementation: fetched from
+    // `reviews` as `Media` entities.
+    assert_eq!(
+        gw.query("{ library { id title reviews ... on Book { pages } } }"),
+        json!({"data": {"library": [
+            {"id": "b1", "title": "Dune", "reviews": ["great"], "pages": 412},
+            {"id": "m1", "title": "Alien", "reviews": ["scary", "classic"]},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        gw.query("{ library { ... on Movie { minutes reviews } } }"),
+        json!({"data": {"library": [{}, {"minutes": 117, "reviews": ["scary", "classic"]}]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    // From `reviews`' own root field, the real type, and the fields under
+    // its conditions, come from `media`.
+    assert_eq!(
+        gw.query("{ topMedia { id reviews __typename title ... on Book { pages } ... on Movie { minutes } } }"),
+        json!({"data": {"topMedia": [
+            {"id": "m1", "reviews": ["scary", "classic"], "__typename": "Movie", "title": "Alien", "minutes": 117},
+            {"id": "b1", "reviews": ["great"], "__typename": "Book", "title": "Dune", "pages": 412},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+}
+
+/// `n` copies of `query` sent together from threads, each with `authorization: <auth(i)>`.
+fn concurrent_queries(
+    gw: &Gateway,
+    n: usize,
+    query: &str,
+    auth: impl Fn(usize) -> String,
+) -> Vec<Json> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let body = json!({"query": query}).to_string();
+                let authorization = format!("authorization: {}", auth(i));
+                scope.spawn(move || {
+                    let (code, _, text) = gw.curl(&[
+                        "-H",
+                        "content-type: application/json",
+                        "-H",
+                        &authorization,
+                        "--data-binary",
+                        &body,
+                        &format!("http://127.0.0.1:{}/graphql", gw.port),
+                    ]);
+                    assert_eq!(code, 200, "{text}");
+                    serde_json::from_str::<Json>(&text).expect("JSON answer")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    })
+}
+
+#[test]
+fn identical_query_fetches_in_flight_together_are_sent_once() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::start());
+    // Answers held back long enough that all clients' fetches overlap.
+    subgraphs.delay_ms["accounts"].store(400, std::sync::atomic::Ordering::Relaxed);
+    let gw = Gateway::start(subgraphs.addr, "propagateHeaders: [authorization]\n");
+    let expected = json!({"data": {"me": {"id": "1", "username": "urigo"}}});
+
+    let answers = concurrent_queries(&gw, 12, "{ me { id username } }", |_| "Bearer same".into());
+    assert!(answers.iter().all(|a| *a == expected), "{answers:?}");
+    let shared = requests(&subgraphs, "accounts");
+    assert!(
+        shared < 12 / 2,
+        "12 identical concurrent queries made {shared} subgraph requests"
+    );
+    let metrics = gw.get("/metrics").1;
+    assert!(
+        metrics.contains("revmesh_graphql_fetches_shared_total{subgraph=\"accounts\"}"),
+        "{metrics}"
+    );
+
+    // A forwarded header is part of what is sent: different callers never share.
+    let before = requests(&subgraphs, "accounts");
+    let answers = concurrent_queries(&gw, 6, "{ me { id username } }", |i| {
+        format!("Bearer user-{i}")
+    });
+    assert!(answers.iter().all(|a| *a == expected), "{answers:?}");
+    assert_eq!(requests(&subgraphs, "accounts") - before, 6);
+
+    // Off by configuration (globally, or per subgraph): every query is sent.
+    let headers = "propagateHeaders: [authorization]\n";
+    for config in [
+        common::config_for(
+            subgraphs.addr,
+            &format!("{headers}dedupeSubgraphRequests: false\n"),
+        ),
+        common::config_for(subgraphs.addr, headers).replace(
+            "/accounts\", timeout: 5s}",
+            "/accounts\", timeout: 5s, dedupe: false}",
+        ),
+    ] {
+        let unshared = Gateway::start_with("supergraph.graphql", &config);
+        let before = requests(&subgraphs, "accounts");
+        let answers = concurrent_queries(&unshared, 6, "{ me { id username } }", |_| {
+            "Bearer same".into()
+        });
+        assert!(answers.iter().all(|a| *a == expected), "{answers:?}");
+        assert_eq!(requests(&subgraphs, "accounts") - before, 6, "{config}");
+    }
+}
+
+#[test]
+fn identical_mutations_in_flight_together_are_each_sent() {
+    let rt = runtime();
+    let (subgraphs, journal) = rt.block_on(common::features::mutations::start());
+    subgraphs.delay_ms["ledger"].store(300, std::sync::atomic::Ordering::Relaxed);
+    let gw = gateway_over(
+        "mutations-supergraph.graphql",
+        &subgraphs,
+        &["ledger", "audit"],
+        "",
+    );
+    let answers = concurrent_queries(&gw, 8, "mutation { deposit(amount: 1) }", |_| {
+        "Bearer same".into()
+    });
+    assert!(
+        answers.iter().all(|a| a["data"]["deposit"].is_number()),
+        "{answers:?}"
+    );
+    assert_eq!(requests(&subgraphs, "ledger"), 8);
+    assert_eq!(journal.lock().expect("journal").balance, 8);
+}
+
+#[test]
+fn interface_fields_another_subgraph_resolves_per_implementation_are_fetched_per_type() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::implementations::start());
+    let gw = gateway_over(
+        "implementations-supergraph.graphql",
+        &subgraphs,
+        &["catalog", "stock"],
+        "",
+    );
+    // `inStock` is a field of the interface, owned by `stock`, which has a
+    // key for each implementation and none for `Product`; `title` is
+    // catalog's for books and, overridden, stock's for magazines.
+    assert_eq!(
+        gw.query("{ products { id title inStock } }"),
+        json!({"data": {"products": [
+            {"id": "b1", "title": "Dune", "inStock": true},
+            {"id": "m1", "title": "Wired (from stock)", "inStock": false},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    // Beside fields under type conditions and `__typename`.
+    assert_eq!(
+        gw.query(
+            "{ products { __typename inStock ... on Book { pages } ... on Magazine { issue } } }"
+        ),
+        json!({"data": {"products": [
+            {"__typename": "Book", "inStock": true, "pages": 412},
+            {"__typename": "Magazine", "inStock": false, "issue": 7},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    assert!(requests(&subgraphs, "stock") >= 2);
 }

@@ -245,6 +245,9 @@ impl Cluster {
 pub struct ProxySync {
     pub id: String,
     pub revision: String,
+    /// The build the proxy reports (its image's REVMESH_PROXY_VERSION).
+    #[serde(default)]
+    pub proxy_version: Option<String>,
     #[serde(default)]
     pub mode: String,
     #[serde(default)]

@@ -227,7 +227,7 @@ fn sidecar_args(args: &[String]) -> anyhow::Result<sidecar::run::RunArgs> {
     let cli = sidecar::run::Cli::try_parse_from(std::iter::once("sidecar".to_string()).chain(std::iter::once("run".to_string())).chain(args.iter().cloned()))?;
     match cli.command {
         sidecar::run::Command::Run(a) => Ok(*a),
-        sidecar::run::Command::Init(_) => anyhow::bail!("not a run command"),
+        sidecar::run::Command::Init(_) | sidecar::run::Command::Wait(_) => anyhow::bail!("not a run command"),
     }
 }
 
@@ -326,6 +326,8 @@ async fn run(args: &DemoArgs) -> anyhow::Result<std::process::ExitCode> {
             format!("{name}-0"),
             "--pod-namespace".into(),
             "demo".into(),
+            "--service-account".into(),
+            name.into(),
             "--workload".into(),
             name.into(),
         ];

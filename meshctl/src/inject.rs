@@ -11,13 +11,13 @@ pub fn inject(args: &InjectArgs, output: Output) -> anyhow::Result<ExitCode> {
     let r = load_rollouts(&args.rollouts)?;
     let text = read_input(&args.file)?;
     let opts = OfflineOptions { default_namespace: args.namespace.clone(), namespace_pin: args.namespace_pin.clone() };
-    let (docs, reports) = offline::inject_yaml(&text, &r, &InjectorConfig::default(), &opts)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let injected = offline::inject_yaml(&text, &r, &InjectorConfig::default(), &opts).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     match output {
-        Output::Json => print_json(&json!({"objects": docs, "reports": reports}))?,
+        Output::Json => print_json(&json!({"objects": injected.objects, "reports": injected.reports}))?,
         Output::Text | Output::Yaml => {
-            print!("{}", offline::to_yaml_stream(&docs)?);
-            for r in &reports {
+            print!("{}", injected.text);
+            // The notes go to stderr, so `meshctl inject ... | kubectl apply -f -` stays clean.
+            for r in &injected.reports {
                 let version = r.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
                 let detail = r.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
                 eprintln!("{}: {}{version}{detail}", r.object, r.result);

@@ -54,10 +54,36 @@ pub(crate) fn read_input(path: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// Reads and validates a rollouts.yml, with every problem in the error.
+/// Reads a file's bytes, or standard input's for `-` (for text that is checked
+/// for UTF-8 with a position, such as rollouts.yml).
+pub(crate) fn read_input_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).context("reading standard input")?;
+        Ok(bytes)
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+/// Reads a rollouts.yml (a file, or standard input for `-`) and checks it with
+/// `rollouts::validate_bytes`, the very function the webhook runs on reload.
+pub(crate) fn check_rollouts_file(path: &Path) -> Result<rollouts::Rollouts, rollouts::FileError> {
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        let stdin = std::io::stdin();
+        std::io::Read::read_to_end(&mut std::io::Read::take(stdin.lock(), rollouts::parse::MAX_FILE_BYTES as u64 + 1), &mut bytes)
+            .map_err(|source| rollouts::FileError::Read { path: "standard input".into(), source })?;
+        rollouts::validate_bytes(&bytes)
+    } else {
+        rollouts::load_file(path).map(|(parsed, _)| parsed)
+    }
+}
+
+/// Reads and validates a rollouts.yml, with its problems in the error.
 pub(crate) fn load_rollouts(path: &Path) -> anyhow::Result<rollouts::Rollouts> {
-    let text = read_input(path)?;
-    rollouts::parse(&text).map_err(|e| anyhow::anyhow!("{} is not a valid rollouts.yml:\n{}", path.display(), e.render_with_file(&path.display().to_string())))
+    check_rollouts_file(path).map_err(|e| anyhow::anyhow!("{} is not a valid rollouts.yml:\n{}", path.display(), e.render_with_file(&path.display().to_string())))
 }
 
 pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

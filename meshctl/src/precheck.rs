@@ -26,7 +26,7 @@ pub async fn webhook_knows(cluster: &Cluster, version: &str) -> Result<()> {
     let Some(text) = cluster.webhook_rollouts().await? else {
         bail!("ConfigMap {MESH_NAMESPACE}/{ROLLOUTS_CONFIGMAP} (the webhook's rollouts.yml) does not exist: install charts/base");
     };
-    let theirs = rollouts::parse(&text).map_err(|e| anyhow::anyhow!("the webhook's rollouts.yml is invalid:\n{}", e.render_with_file(ROLLOUTS_CONFIGMAP)))?;
+    let theirs = rollouts::validate_bytes(text.as_bytes()).map_err(|e| anyhow::anyhow!("the webhook's rollouts.yml is invalid:\n{}", e.render_with_file(ROLLOUTS_CONFIGMAP)))?;
     if theirs.version(version).is_none() {
         let known: Vec<String> = theirs.versions.keys().map(|v| v.to_string()).collect();
         bail!("the webhook does not know version {version} yet (its rollouts.yml defines {}): sync the commit that adds it to ConfigMap {MESH_NAMESPACE}/{ROLLOUTS_CONFIGMAP} first", known.join(", "));
@@ -92,7 +92,7 @@ pub fn precheck(args: &PrecheckArgs, output: Output) -> Result<ExitCode> {
         let mwc = cluster.webhook_configuration_exists().await.and_then(|found| if found { Ok(String::new()) } else { bail!("install charts/base") });
         add(&format!("MutatingWebhookConfiguration {WEBHOOK_CONFIGURATION}"), mwc);
         let webhook = match cluster.webhook_rollouts().await {
-            Ok(Some(text)) => rollouts::parse(&text).map_err(|e| anyhow::anyhow!("invalid:\n{}", e.render_with_file(ROLLOUTS_CONFIGMAP))),
+            Ok(Some(text)) => rollouts::validate_bytes(text.as_bytes()).map_err(|e| anyhow::anyhow!("invalid:\n{}", e.render_with_file(ROLLOUTS_CONFIGMAP))),
             Ok(None) => Err(anyhow::anyhow!("missing: install charts/base")),
             Err(e) => Err(e),
         };
@@ -175,15 +175,15 @@ pub fn proxy_status(args: &ProxyStatusArgs, output: Output) -> Result<ExitCode> 
             .iter()
             .map(|p| {
                 let types: serde_json::Map<String, serde_json::Value> = TYPES.iter().map(|(name, t)| (name.to_string(), json!(sync_state(p, t)))).collect();
-                json!({"name": p.id, "revision": p.revision, "mode": p.mode, "connectedUnixSeconds": p.connected_unix_seconds, "sync": types})
+                json!({"name": p.id, "revision": p.revision, "proxyVersion": p.proxy_version, "mode": p.mode, "connectedUnixSeconds": p.connected_unix_seconds, "sync": types})
             })
             .collect();
         print_json(&json!({"proxies": proxies, "errors": errors}))?;
     } else {
-        println!("{:<60} {:<10} {:<9} {:<9} {:<9} {:<9} MODE", "NAME", "REVISION", "CDS", "LDS", "EDS", "RDS");
+        println!("{:<60} {:<10} {:<10} {:<9} {:<9} {:<9} {:<9} MODE", "NAME", "REVISION", "VERSION", "CDS", "LDS", "EDS", "RDS");
         for p in &rows {
             let s: Vec<&str> = TYPES.iter().map(|(_, t)| sync_state(p, t)).collect();
-            println!("{:<60} {:<10} {:<9} {:<9} {:<9} {:<9} {}", p.id, p.revision, s[0], s[1], s[2], s[3], p.mode);
+            println!("{:<60} {:<10} {:<10} {:<9} {:<9} {:<9} {:<9} {}", p.id, p.revision, p.proxy_version.as_deref().unwrap_or("-"), s[0], s[1], s[2], s[3], p.mode);
         }
         for e in &errors {
             eprintln!("unreachable control plane {e}");

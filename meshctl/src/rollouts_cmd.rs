@@ -10,10 +10,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct FileResult {
     file: String,
     valid: bool,
+    /// Why the file as a whole could not be checked (unreadable, too large).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// The first problems, in file order (at most `rollouts::parse::SHOWN_PROBLEMS`).
     problems: Vec<ProblemJson>,
+    /// How many problems the file has in all.
+    problem_count: usize,
 }
 
 #[derive(Serialize)]
@@ -27,14 +34,23 @@ pub fn validate(files: &[PathBuf], output: Output) -> anyhow::Result<ExitCode> {
     let mut results = Vec::new();
     for file in files {
         let name = file.display().to_string();
-        let problems = match read_input(file) {
-            Err(e) => vec![ProblemJson { line: 0, column: 0, message: format!("{e:#}") }],
-            Ok(text) => match rollouts::parse(&text) {
-                Ok(_) => vec![],
-                Err(e) => e.problems.into_iter().map(|p| ProblemJson { line: p.line, column: p.column, message: p.message }).collect(),
+        let result = match crate::check_rollouts_file(file) {
+            Ok(_) => FileResult { file: name.clone(), valid: true, error: None, problems: vec![], problem_count: 0 },
+            Err(rollouts::FileError::Invalid(e)) => FileResult {
+                file: name.clone(),
+                valid: false,
+                error: None,
+                problem_count: e.problems.len(),
+                problems: e
+                    .problems
+                    .iter()
+                    .take(rollouts::parse::SHOWN_PROBLEMS)
+                    .map(|p| ProblemJson { line: p.line, column: p.column, message: p.message.clone() })
+                    .collect(),
             },
+            Err(e) => FileResult { file: name.clone(), valid: false, error: Some(e.to_string()), problems: vec![], problem_count: 1 },
         };
-        results.push(FileResult { file: name, valid: problems.is_empty(), problems });
+        results.push(result);
     }
     let all_valid = results.iter().all(|r| r.valid);
     if output == Output::Json {
@@ -43,10 +59,17 @@ pub fn validate(files: &[PathBuf], output: Output) -> anyhow::Result<ExitCode> {
         for r in &results {
             if r.valid {
                 println!("{}: valid", r.file);
+                continue;
+            }
+            if let Some(error) = &r.error {
+                eprintln!("{}: {error}", r.file);
             }
             for p in &r.problems {
                 // Compiler style, so editors and CI annotate the line.
                 eprintln!("{}:{}:{}: {}", r.file, p.line, p.column, p.message);
+            }
+            if r.problem_count > r.problems.len() && r.error.is_none() {
+                eprintln!("{}: ... and {} more problems ({} in all)", r.file, r.problem_count - r.problems.len(), r.problem_count);
             }
         }
     }

@@ -10,7 +10,7 @@ use crate::fleet::{self, Inventory, WorkloadStatus};
 use crate::gitops::Repo;
 use crate::precheck::{control_plane_ready, upgrade_prechecks};
 use crate::upgrade_plan::{self as plan, Moves};
-use crate::{block_on, print_json, read_input};
+use crate::{block_on, print_json, read_input, read_input_bytes};
 use anyhow::{anyhow, bail, Context, Result};
 use rollouts::edit::Edit;
 use rollouts::labels::MESH_NAMESPACE;
@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 /// The file's text and its parse; an invalid file is an error naming every problem.
 fn load(path: &Path) -> Result<(String, Rollouts)> {
-    let text = read_input(path)?;
-    let r = rollouts::parse(&text).map_err(|e| anyhow!("{} is not a valid rollouts.yml:\n{}", path.display(), e.render_with_file(&path.display().to_string())))?;
-    Ok((text, r))
+    let bytes = read_input_bytes(path)?;
+    // The webhook's own check, so an upgrade never commits a file it would refuse.
+    let r = rollouts::validate_bytes(&bytes).map_err(|e| anyhow!("{} is not a valid rollouts.yml:\n{}", path.display(), e.render_with_file(&path.display().to_string())))?;
+    Ok((String::from_utf8(bytes)?, r))
 }
 
 fn describe(u: &Option<UpgradeState>) -> String {

@@ -102,3 +102,78 @@ fn inject_handles_cronjob_and_statefulset_templates() {
     assert_eq!(v["objects"][0]["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]["revmesh.io/rev"], "1-24-5");
     assert_eq!(v["objects"][1]["spec"]["template"]["spec"]["initContainers"][0]["name"], "revmesh-init");
 }
+
+/// The same hostile files the webhook's reload test refuses (webhook/tests/server.rs):
+/// both run `rollouts::validate_bytes`.
+#[test]
+fn validate_refuses_deep_nesting_and_non_utf8_with_positions_and_io_errors_without() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut deep = String::from("apiVersion: revmesh.io/v1\nkind: Rollouts\nrules:\n");
+    for depth in 0..150 {
+        deep.push_str(&" ".repeat(depth));
+        deep.push_str("-\n");
+    }
+    let deep_path = write(dir.path(), "deep.yml", &deep);
+    let out = meshctl(&["rollouts", "validate", &deep_path.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1), "no crash: exit 1 with a message");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:35:", deep_path.display())) && stderr.contains("nest deeper than 32 levels"), "{stderr}");
+
+    let latin1 = dir.path().join("latin1.yml");
+    let mut bytes = std::fs::read(example("rollouts.yml")).expect("example");
+    bytes.splice(0..0, b"# r\xe9sum\xe9 of the plan\n".iter().copied());
+    std::fs::write(&latin1, &bytes).expect("write");
+    let out = meshctl(&["rollouts", "validate", &latin1.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:1:4: byte 0xe9 is not UTF-8", latin1.display())), "{stderr}");
+
+    let missing = dir.path().join("missing.yml");
+    let out = meshctl(&["rollouts", "validate", &missing.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read") && !stderr.contains(":0:0"), "{stderr}");
+    let json = meshctl(&["rollouts", "validate", &missing.display().to_string(), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json output");
+    assert!(v["files"][0]["error"].as_str().is_some_and(|e| e.contains("cannot read")), "{v}");
+    assert_eq!(v["files"][0]["problems"], serde_json::json!([]));
+}
+
+#[test]
+fn validate_of_a_huge_invalid_file_prints_the_first_problems_and_a_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = String::from("apiVersion: revmesh.io/v1\nkind: Rollouts\nversions:\n  1-24-5: {proxyImage: x}\nrules:\n");
+    for i in 0..5000 {
+        text.push_str(&format!("  - namespaces: [ns-{i}]\n    distribution: {{1-24-5: 100, nope: 1}}\n"));
+    }
+    text.push_str("  - namespaces: [\"*\"]\n    distribution: {1-24-5: 100}\n");
+    let big = write(dir.path(), "big.yml", &text);
+    let out = meshctl(&["rollouts", "validate", &big.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 21, "{stderr}");
+    assert!(lines[0].starts_with(&format!("{}:7:", big.display())), "{}", lines[0]);
+    assert!(lines[20].contains("... and 4980 more problems (5000 in all)"), "{}", lines[20]);
+
+    let json = meshctl(&["rollouts", "validate", &big.display().to_string(), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json output");
+    assert_eq!(v["files"][0]["problems"].as_array().map(Vec::len), Some(20));
+    assert_eq!(v["files"][0]["problemCount"], 5000);
+}
+
+#[test]
+fn inject_writes_documents_it_does_not_change_back_byte_for_byte() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = "# the front door\napiVersion: v1\nkind: Service\nmetadata: {name: web}   # keep this comment\nspec:\n  ports: [{port: 0x50}]\n";
+    let config = "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: flags\ndata:\n  enabled: \"yes\"\n  mode: '0644'\n";
+    let deployment = "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: app, image: nginx, env: [{name: A, value: \"on\"}]}]\n      volumes: [{name: v, configMap: {name: flags, defaultMode: 0644}}]\n";
+    let file = write(dir.path(), "m.yaml", &format!("{service}{config}{deployment}...\n"));
+    let out = meshctl(&["inject", "-f", &file.display().to_string(), "--rollouts", &example("rollouts.yml")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(stdout.starts_with(&format!("{service}{config}---\n")), "{stdout}");
+    let injected = &stdout[service.len() + config.len()..];
+    assert!(injected.contains("defaultMode: 420\n") && injected.contains("value: \"on\"\n") && injected.contains("revmesh-proxy"), "{injected}");
+    assert!(injected.ends_with("...\n"), "{injected}");
+}

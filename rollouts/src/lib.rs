@@ -18,4 +18,4 @@ pub mod workload;
 
 pub use evaluate::{Evaluation, PodFacts, Reason, SkipReason};
 pub use model::{HashBy, Rollouts, Rule, UpgradeState, VersionName, VersionSpec};
-pub use parse::{parse, ParseError, Problem};
+pub use parse::{load_file, parse, read_file, validate_bytes, FileError, ParseError, Problem};

@@ -28,6 +28,14 @@ impl VersionName {
     }
 }
 
+// Ordering and equality are the inner string's, so maps keyed by version can
+// be searched with a plain `&str`.
+impl std::borrow::Borrow<str> for VersionName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for VersionName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -28,22 +28,119 @@ pub struct ParseError {
     pub problems: Vec<Problem>,
 }
 
+/// How many problems a rendered error shows; the rest are counted. A huge
+/// invalid file must not turn into megabytes of log or terminal output.
+pub const SHOWN_PROBLEMS: usize = 20;
+
 impl ParseError {
-    /// `file:line:column: message`, one line per problem, as compilers print them.
+    /// `file:line:column: message`, one line per problem, as compilers print
+    /// them: the first [`SHOWN_PROBLEMS`], then how many more there are.
     pub fn render_with_file(&self, file: &str) -> String {
         render(&self.problems, Some(file))
     }
 }
 
 fn render(problems: &[Problem], file: Option<&str>) -> String {
-    problems
+    let mut lines: Vec<String> = problems
         .iter()
+        .take(SHOWN_PROBLEMS)
         .map(|p| match file {
             Some(f) => format!("{f}:{p}"),
             None => p.to_string(),
         })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    if problems.len() > SHOWN_PROBLEMS {
+        lines.push(format!("... and {} more problems ({} in all)", problems.len() - SHOWN_PROBLEMS, problems.len()));
+    }
+    lines.join("\n")
+}
+
+/// The largest rollouts.yml read: a ConfigMap holds at most 1 MiB, so a larger
+/// file cannot be what the webhook is meant to load.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+
+/// Why a rollouts.yml file was not loaded. Only [`FileError::Invalid`] has
+/// positions; reading and size problems concern the whole file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("the file is {size} bytes or more; rollouts.yml may be at most {MAX_FILE_BYTES} bytes (the size limit of a ConfigMap)")]
+    TooLarge { size: u64 },
+    #[error("{0}")]
+    Invalid(ParseError),
+}
+
+impl FileError {
+    /// One message per line: `file: what` for the whole file, or
+    /// `file:line:column: what` per problem (see [`ParseError::render_with_file`]).
+    pub fn render_with_file(&self, file: &str) -> String {
+        match self {
+            FileError::Read { source, .. } => format!("{file}: cannot read the file: {source}"),
+            FileError::TooLarge { .. } => format!("{file}: {self}"),
+            FileError::Invalid(e) => e.render_with_file(file),
+        }
+    }
+}
+
+/// Reads at most [`MAX_FILE_BYTES`] (+1, to tell a larger file apart) from `path`.
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, FileError> {
+    use std::io::Read;
+    let read_error = |source| FileError::Read { path: path.display().to_string(), source };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(read_error)?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(FileError::TooLarge { size: bytes.len() as u64 });
+    }
+    Ok(bytes)
+}
+
+/// THE check of a rollouts.yml's bytes: size, encoding, syntax, structure and
+/// meaning. The webhook (at start and on every reload) and `meshctl` call this
+/// one function, so they accept and refuse exactly the same files.
+pub fn validate_bytes(bytes: &[u8]) -> Result<Rollouts, FileError> {
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(FileError::TooLarge { size: bytes.len() as u64 });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| FileError::Invalid(ParseError { problems: vec![not_utf8(bytes, e)] }))?;
+    parse(text).map_err(FileError::Invalid)
+}
+
+/// Reads and validates a rollouts.yml file; returns the bytes too, so a
+/// watcher can tell later whether the file changed.
+pub fn load_file(path: &std::path::Path) -> Result<(Rollouts, Vec<u8>), FileError> {
+    let bytes = read_file(path)?;
+    let parsed = validate_bytes(&bytes)?;
+    Ok((parsed, bytes))
+}
+
+/// Points at the first byte that is not UTF-8 (columns count characters, as
+/// the YAML positions do).
+fn not_utf8(bytes: &[u8], e: std::str::Utf8Error) -> Problem {
+    let valid = &bytes[..e.valid_up_to()];
+    let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+    // The prefix is valid UTF-8 by construction of `valid_up_to`.
+    let column = std::str::from_utf8(&valid[line_start..]).map_or(1, |s| s.chars().count() + 1);
+    Problem {
+        line,
+        column,
+        message: format!(
+            "byte 0x{:02x} is not UTF-8 (even in a comment); rollouts.yml must be UTF-8 text: re-save the file as UTF-8",
+            bytes[e.valid_up_to()]
+        ),
+    }
+}
+
+/// At most ten names, then how many more: messages stay short whatever the file.
+fn some_of(names: &[&str]) -> String {
+    const SHOWN: usize = 10;
+    let mut out = names.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        out.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    out
 }
 
 /// Parses and validates rollouts.yml text.
@@ -81,7 +178,17 @@ struct Validator {
 
 impl Validator {
     fn report(&mut self, pos: Pos, message: impl Into<String>) {
-        self.problems.push(Problem { line: pos.line, column: pos.column, message: message.into() });
+        let mut message = message.into();
+        // Messages quote the file's own keys and values, which a hostile file
+        // can make a megabyte long.
+        const MAX_MESSAGE: usize = 400;
+        if message.len() > MAX_MESSAGE {
+            let total = message.len();
+            let cut = (0..=MAX_MESSAGE).rev().find(|i| message.is_char_boundary(*i)).unwrap_or(0);
+            message.truncate(cut);
+            message.push_str(&format!("... (message cut at {cut} of {total} bytes)"));
+        }
+        self.problems.push(Problem { line: pos.line, column: pos.column, message });
     }
 
     /// Checks that `node` is a mapping with only `allowed` keys and no duplicates.
@@ -164,11 +271,11 @@ impl Validator {
         let version = |v: &mut Self, key: &str| -> Option<VersionName> {
             let n = v.required(&fields, key, node.pos(), what)?;
             let name = v.string(n, &format!("upgrade.{key}"))?;
-            match versions.keys().find(|k| k.as_str() == name) {
-                Some(k) => Some(k.clone()),
+            match versions.get_key_value(name.as_str()) {
+                Some((k, _)) => Some(k.clone()),
                 None => {
                     let known: Vec<&str> = versions.keys().map(VersionName::as_str).collect();
-                    v.report(n.pos(), format!("upgrade.{key} names version {name:?}, which is not under `versions` (known: {})", known.join(", ")));
+                    v.report(n.pos(), format!("upgrade.{key} names version {name:?}, which is not under `versions` (known: {})", some_of(&known)));
                     None
                 }
             }
@@ -377,11 +484,11 @@ impl Validator {
         let mut ok = true;
         let mut total: u64 = 0;
         for (name, (key_pos, value)) in map {
-            let version = versions.keys().find(|v| v.as_str() == name).cloned();
+            let version = versions.get_key_value(name).map(|(v, _)| v.clone());
             if version.is_none() {
-                let known: Vec<&str> = versions.keys().map(VersionName::as_str).collect();
                 if !versions.is_empty() {
-                    self.report(key_pos, format!("{what} names version {name:?}, which is not under `versions` (known: {})", known.join(", ")));
+                    let known: Vec<&str> = versions.keys().map(VersionName::as_str).collect();
+                    self.report(key_pos, format!("{what} names version {name:?}, which is not under `versions` (known: {})", some_of(&known)));
                 }
                 ok = false;
             }

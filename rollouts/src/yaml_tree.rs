@@ -55,6 +55,10 @@ enum Frame {
     Seq(Pos, Vec<Node>),
 }
 
+/// How deeply mappings and lists may nest. rollouts.yml needs four levels; the
+/// limit keeps a hostile file from building a tree too deep to walk or drop.
+pub const MAX_DEPTH: usize = 32;
+
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
@@ -63,6 +67,19 @@ struct Builder {
 }
 
 impl Builder {
+    fn open(&mut self, frame: Frame, pos: Pos) {
+        if self.stack.len() >= MAX_DEPTH {
+            if self.error.is_none() {
+                self.error = Some(SyntaxError {
+                    pos,
+                    message: format!("mappings and lists nest deeper than {MAX_DEPTH} levels here; rollouts.yml needs at most 4"),
+                });
+            }
+            return;
+        }
+        self.stack.push(frame);
+    }
+
     fn push_value(&mut self, node: Node) {
         match self.stack.last_mut() {
             None => self.documents.push(node),
@@ -91,8 +108,8 @@ impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let pos = Pos::from(mark);
         match ev {
-            Event::MappingStart(..) => self.stack.push(Frame::Map(pos, Vec::new(), None)),
-            Event::SequenceStart(..) => self.stack.push(Frame::Seq(pos, Vec::new())),
+            Event::MappingStart(..) => self.open(Frame::Map(pos, Vec::new(), None), pos),
+            Event::SequenceStart(..) => self.open(Frame::Seq(pos, Vec::new()), pos),
             Event::MappingEnd | Event::SequenceEnd => {
                 let node = match self.stack.pop() {
                     // A block mapping's start event is marked after its first key;
@@ -129,15 +146,31 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
-/// Parses every document of `text`.
+/// Parses every document of `text`. Events are pulled one at a time (the
+/// parser's own `load` recurses once per nesting level, which a few KB of
+/// nested lists turn into a stack overflow), and reading stops at the first
+/// error, so an over-deep file costs no more than its first [`MAX_DEPTH`] levels.
 pub fn load(text: &str) -> Result<Vec<Node>, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut builder, true) {
-        return Err(SyntaxError { pos: Pos::from(*e.marker()), message: e.info().to_string() });
-    }
-    if let Some(e) = builder.error {
-        return Err(e);
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| SyntaxError {
+            pos: Pos::from(*e.marker()),
+            // The scanner's own bound on flow nesting ([[[...), which it reaches
+            // while looking ahead, before the events reach MAX_DEPTH.
+            message: if e.info() == "recursion limit exceeded" {
+                format!("mappings and lists nest deeper than {MAX_DEPTH} levels here; rollouts.yml needs at most 4")
+            } else {
+                e.info().to_string()
+            },
+        })?;
+        if event == Event::StreamEnd {
+            break;
+        }
+        builder.on_event(event, mark);
+        if let Some(e) = builder.error.take() {
+            return Err(e);
+        }
     }
     Ok(builder.documents)
 }

@@ -101,3 +101,65 @@ fn render_with_file_is_compiler_style() {
     let text = err.render_with_file("rollouts.yml");
     assert!(text.lines().all(|l| l.starts_with("rollouts.yml:1:1: ")), "{text}");
 }
+
+#[test]
+fn deeply_nested_file_is_refused_with_its_position_not_a_crash() {
+    // A few KB of nested block lists: the parser used to recurse once per level.
+    let mut text = String::from("apiVersion: revmesh.io/v1\nkind: Rollouts\nrules:\n");
+    for depth in 0..2000 {
+        text.push_str(&" ".repeat(depth));
+        text.push_str("-\n");
+    }
+    assert!(text.len() < 4 * 1024 * 1024);
+    let got = problems(&text);
+    assert_eq!(got.len(), 1, "{got:?}");
+    // rules (level 1), its list (2), ... the 33rd opening is refused: line 3 + 32.
+    assert!(got[0].starts_with("35:") && got[0].contains("nest deeper than 32 levels"), "{got:?}");
+    // Flow style nests too.
+    let flow = format!("{HEAD}rules: {}{}\n", "[".repeat(5000), "]".repeat(5000));
+    let got = problems(&flow);
+    assert!(got.iter().any(|p| p.contains("nest deeper than 32 levels")), "{got:?}");
+}
+
+#[test]
+fn non_utf8_bytes_are_refused_with_their_position_even_in_a_comment() {
+    let valid = format!("{HEAD}rules:\n  - namespaces: [\"*\"]\n    distribution: {{1-24-5: 100}}\n");
+    let mut bytes = valid.clone().into_bytes();
+    // "# caf\xe9" (Latin-1) as a comment on line 2.
+    let at = valid.find("kind").expect("kind");
+    let comment = b"# caf\xe9\n";
+    bytes.splice(at..at, comment.iter().copied());
+    let err = rollouts::validate_bytes(&bytes).expect_err("not UTF-8");
+    let rendered = err.render_with_file("r.yml");
+    assert!(rendered.starts_with("r.yml:2:6: byte 0xe9 is not UTF-8"), "{rendered}");
+    assert!(rollouts::validate_bytes(valid.as_bytes()).is_ok());
+}
+
+#[test]
+fn huge_invalid_file_renders_the_first_problems_and_a_count() {
+    let mut text = format!("{HEAD}rules:\n");
+    for i in 0..5000 {
+        text.push_str(&format!("  - namespaces: [ns-{i}]\n    distribution: {{1-24-5: 100, nope: 1}}\n"));
+    }
+    text.push_str("  - namespaces: [\"*\"]\n    distribution: {1-24-5: 100}\n");
+    let err = rollouts::validate_bytes(text.as_bytes()).expect_err("invalid");
+    let rendered = err.render_with_file("big.yml");
+    assert_eq!(rendered.lines().count(), rollouts::parse::SHOWN_PROBLEMS + 1, "{rendered}");
+    let last = rendered.lines().last().unwrap_or_default();
+    assert!(last.starts_with("... and ") && last.ends_with("in all)"), "{last}");
+    assert!(rendered.len() < 10_000, "{} bytes", rendered.len());
+}
+
+#[test]
+fn long_values_are_cut_in_messages_and_large_files_refused_without_a_position() {
+    let kind = "k".repeat(1024 * 1024 - 200);
+    let text = format!("{}rules: []\n", HEAD.replace("kind: Rollouts", &format!("kind: {kind}")));
+    let err = rollouts::validate_bytes(text.as_bytes()).expect_err("wrong kind");
+    let rendered = err.render_with_file("r.yml");
+    assert!(rendered.len() < 2000 && rendered.contains("bytes)"), "{} bytes", rendered.len());
+
+    let too_big = vec![b'#'; rollouts::parse::MAX_FILE_BYTES + 1];
+    let err = rollouts::validate_bytes(&too_big).expect_err("too large");
+    let rendered = err.render_with_file("r.yml");
+    assert!(rendered.starts_with("r.yml: the file is") && !rendered.contains(":0"), "{rendered}");
+}

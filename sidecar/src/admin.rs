@@ -1,9 +1,11 @@
 //! The proxy's operator ports:
-//! * admin (localhost:15000): `GET /config_dump`, `GET /xds`, and
+//! * admin (localhost:15000): `GET /config_dump`, `GET /xds`, `GET /server_info`
+//!   (version, revision, node id), and
 //!   `POST /logging?level=<filter>` to change the log level at runtime;
-//! * metrics (15020): `GET /metrics`;
+//! * metrics (15020): `GET /metrics`, and the app's HTTP probes rewritten by
+//!   the webhook, `GET /app-health/<container>/<kind>` ([`crate::app_probe`]);
 //! * readiness (15021): `GET /healthz/ready`, 200 once the first config is
-//!   applied and until draining starts.
+//!   applied and until SIGTERM.
 
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
@@ -37,6 +39,18 @@ pub struct Admin {
     pub set_log_level: SetLogLevel,
     /// With mTLS on, readiness also waits for the first certificate.
     pub mesh: Option<crate::tls::Mesh>,
+    pub server_info: ServerInfo,
+    /// The app's HTTP probes the kubelet sends here (`/app-health/...`).
+    pub app_probes: Arc<crate::app_probe::AppProbes>,
+}
+
+/// Who this proxy is, for `GET /server_info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `--proxy-version` / `REVMESH_PROXY_VERSION`.
+    pub version: String,
+    pub revision: String,
+    pub node: String,
 }
 
 pub fn config_dump(config: &ProxyConfig) -> serde_json::Value {
@@ -72,7 +86,7 @@ fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full
 
 impl Admin {
     fn ready(&self) -> bool {
-        self.xds.synced.load(Ordering::Relaxed) && !*self.drain.draining.borrow() && self.mesh.as_ref().is_none_or(|m| m.has_certificate())
+        self.xds.synced.load(Ordering::Relaxed) && !*self.drain.draining.borrow() && !self.drain.terminating.load(Ordering::Acquire) && self.mesh.as_ref().is_none_or(|m| m.has_certificate())
     }
 
     fn handle(&self, req: &Request<hyper::body::Incoming>, port: Port) -> Response<Full<Bytes>> {
@@ -98,6 +112,10 @@ impl Admin {
                 });
                 reply(StatusCode::OK, "application/json", body.to_string())
             }
+            (&Method::GET, "/server_info") => {
+                let info = &self.server_info;
+                reply(StatusCode::OK, "application/json", json!({"version": info.version, "revision": info.revision, "node": info.node}).to_string())
+            }
             (&Method::POST, "/logging") => {
                 let level = req.uri().query().unwrap_or_default().split('&').find_map(|kv| kv.strip_prefix("level="));
                 match level.map(|l| (self.set_log_level)(l)) {
@@ -109,7 +127,19 @@ impl Admin {
             (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.encode()),
             (&Method::GET, "/healthz/ready") if self.ready() => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             (&Method::GET, "/healthz/ready") => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: no config yet, or draining\n".into()),
-            _ => reply(StatusCode::NOT_FOUND, "text/plain", "see /config_dump, /xds, /logging, /metrics, /healthz/ready\n".into()),
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", "see /config_dump, /xds, /server_info, /logging, /metrics, /healthz/ready\n".into()),
+        }
+    }
+
+    /// The kubelet's probe of an app container, asked of the app on localhost:
+    /// the app's status when it answered, 503 with the reason when it did not.
+    async fn app_health(&self, path: &str) -> Response<Full<Bytes>> {
+        let Some(probe) = self.app_probes.get(path) else {
+            return reply(StatusCode::NOT_FOUND, "text/plain", format!("no app probe is registered for {path}\n"));
+        };
+        match crate::app_probe::check(probe, std::time::Duration::from_secs(10)).await {
+            Ok(code) => reply(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY), "text/plain", format!("app answered {code}\n")),
+            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
         }
     }
 
@@ -122,7 +152,12 @@ impl Admin {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, std::convert::Infallible>(admin.handle(&req, port)) }
+                    async move {
+                        if port == Port::Metrics && req.uri().path().starts_with("/app-health/") {
+                            return Ok::<_, std::convert::Infallible>(admin.app_health(req.uri().path()).await);
+                        }
+                        Ok::<_, std::convert::Infallible>(admin.handle(&req, port))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;
             });

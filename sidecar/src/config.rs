@@ -21,6 +21,19 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// The control plane's listener for the workload's own ports (inbound capture).
+pub const INBOUND_LISTENER: &str = "inbound";
+
+/// The protocol the control plane declares for a port (from the Service's
+/// `appProtocol` or port name, as Istio reads them): an HTTP connection
+/// manager or a TCP proxy in the listener's filter chain for that port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeclaredProtocol {
+    /// HTTP/1 or HTTP/2: always served as HTTP, never passed as bytes.
+    Http,
+    /// Opaque bytes.
+    Tcp,
+}
 
 /// The raw resources held, per type and name.
 pub type Resources = BTreeMap<String, BTreeMap<String, Any>>;
@@ -121,6 +134,24 @@ pub struct ProxyConfig {
     pub tcp: FastMap<SocketAddr, String>,
     /// RDS names the listeners refer to (the xDS client subscribes to them).
     pub route_names: Vec<String>,
+    /// Original destinations declared HTTP: a service's cluster IP and port,
+    /// as its virtual host's domains list them. Connections to them are HTTP
+    /// however slowly their first bytes come (never downgraded to TCP).
+    pub http_destinations: FastMap<SocketAddr, ()>,
+    /// The workload's own ports, as the inbound listener declares them.
+    pub inbound_ports: FastMap<u16, DeclaredProtocol>,
+}
+
+impl ProxyConfig {
+    /// Whether the control plane declares this outbound destination HTTP.
+    pub fn declared_http(&self, destination: &SocketAddr) -> bool {
+        self.http_destinations.contains_key(destination)
+    }
+
+    /// The declared protocol of an inbound port; None: not declared (sniffed).
+    pub fn inbound_protocol(&self, port: u16) -> Option<DeclaredProtocol> {
+        self.inbound_ports.get(&port).copied()
+    }
 }
 
 fn decode<M: Message + Default>(kind: &'static str, name: &str, any: &Any) -> Result<M, ConfigError> {
@@ -201,7 +232,10 @@ fn route_configuration(rc: &RouteConfiguration) -> Result<Vec<VirtualHost>, Conf
                     attempts: p.num_retries.as_ref().map_or(1, |n| n.value),
                     status_codes: p.retriable_status_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect(),
                     on_5xx: on.iter().any(|o| *o == "5xx" || *o == "gateway-error"),
-                    on_connect_failure: on.iter().any(|o| *o == "connect-failure" || *o == "5xx" || *o == "reset"),
+                    // Failures where the request never reached an app: a
+                    // refused or reset connection, a stream refused by a
+                    // draining peer's GOAWAY.
+                    on_connect_failure: on.iter().any(|o| ["connect-failure", "5xx", "reset", "refused-stream", "unavailable", "cancelled"].contains(o)),
                     backoff: p.retry_back_off.as_ref().and_then(|b| duration(&b.base_interval)).unwrap_or(Duration::from_millis(25)),
                 }
             });
@@ -274,6 +308,14 @@ pub fn build(resources: &Resources) -> Result<ProxyConfig, ConfigError> {
         for chain in &l.filter_chains {
             for f in &chain.filters {
                 let Some(filter::ConfigType::TypedConfig(typed)) = &f.config_type else { continue };
+                let declared_port = (name == INBOUND_LISTENER).then(|| chain.filter_chain_match.as_ref().and_then(|m| m.destination_port.as_ref()).and_then(|p| u16::try_from(p.value).ok())).flatten();
+                if let Some(port) = declared_port {
+                    if f.name.ends_with("http_connection_manager") {
+                        config.inbound_ports.insert(port, DeclaredProtocol::Http);
+                    } else if f.name.ends_with("tcp_proxy") {
+                        config.inbound_ports.insert(port, DeclaredProtocol::Tcp);
+                    }
+                }
                 if f.name.ends_with("http_connection_manager") {
                     let hcm: HttpConnectionManager = decode("listener", name, typed)?;
                     if let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = hcm.route_specifier {
@@ -300,6 +342,14 @@ pub fn build(resources: &Resources) -> Result<ProxyConfig, ConfigError> {
     for (name, any) in of(ROUTE_TYPE) {
         let rc: RouteConfiguration = decode("route configuration", name, any)?;
         config.virtual_hosts.extend(route_configuration(&rc)?);
+    }
+    // A virtual host's IP domains are its service's cluster IP with the
+    // port ("10.96.0.10:8080"), or bare for port 80.
+    for domain in config.virtual_hosts.iter().flat_map(|v| &v.domains) {
+        let destination = domain.parse::<SocketAddr>().ok().or_else(|| domain.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 80)));
+        if let Some(destination) = destination {
+            config.http_destinations.insert(destination, ());
+        }
     }
     Ok(config)
 }
@@ -451,6 +501,31 @@ mod tests {
         let picks: Vec<&str> = (0..100).filter_map(|i| pick_weighted(&clusters, i)).collect();
         assert_eq!(picks.iter().filter(|p| **p == "a").count(), 80);
         assert_eq!(pick_weighted(&[("z".to_string(), 0)], 5), None);
+    }
+
+    /// The protocols the control plane declares: each inbound port by the
+    /// filter its chain runs, and outbound HTTP services by the cluster IPs
+    /// their virtual hosts list (with the port, or bare for port 80).
+    #[test]
+    fn declared_protocols_come_from_listeners_and_virtual_hosts() {
+        use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch};
+        let chain = |port: u32, filter: &str, typed: Any| FilterChain {
+            filter_chain_match: Some(FilterChainMatch { destination_port: Some(UInt32Value { value: port }), ..Default::default() }),
+            filters: vec![Filter { name: filter.into(), config_type: Some(filter::ConfigType::TypedConfig(typed)) }],
+            ..Default::default()
+        };
+        let hcm = pack("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", &HttpConnectionManager::default());
+        let tcp = pack("type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", &TcpProxy { cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("inbound|5432||".into())), ..Default::default() });
+        let inbound = Listener { name: INBOUND_LISTENER.into(), filter_chains: vec![chain(8080, "envoy.filters.network.http_connection_manager", hcm), chain(5432, "envoy.filters.network.tcp_proxy", tcp)], ..Default::default() };
+        let mut rc = route_config(route_match::PathSpecifier::Prefix("/".into()), vec![]);
+        rc.virtual_hosts[0].domains.extend(["10.96.0.10:8080".to_string(), "10.96.0.11".to_string()]);
+        let mut r = resources(&rc);
+        r.entry(LISTENER_TYPE.into()).or_default().insert(INBOUND_LISTENER.into(), pack(LISTENER_TYPE, &inbound));
+        let config = build(&r).expect("builds");
+        assert_eq!((config.inbound_protocol(8080), config.inbound_protocol(5432), config.inbound_protocol(9090)), (Some(DeclaredProtocol::Http), Some(DeclaredProtocol::Tcp), None));
+        assert!(config.declared_http(&"10.96.0.10:8080".parse().unwrap()) && config.declared_http(&"10.96.0.11:80".parse().unwrap()));
+        assert!(!config.declared_http(&"10.96.0.10:80".parse().unwrap()), "web.demo names no address");
+        assert!(config.tcp.is_empty(), "the inbound TCP chain is not an outbound TCP service");
     }
 
     #[test]

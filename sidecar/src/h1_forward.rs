@@ -13,7 +13,7 @@
 
 use crate::config::{pick_weighted, ClusterConfig, RouteRule};
 use crate::http1::{self, BodyFraming, ChunkedScanner, Framing, HeadError, HeadView, RequestHead, ResponseHead};
-use crate::proxy::{cluster_service, hash_key, LocalReply, Outbound, Protocol, BLACKHOLE, PASSTHROUGH, RETRY_BUFFER};
+use crate::proxy::{cluster_service, hash_key, Failure, LocalReply, Outbound, Protocol, BLACKHOLE, PASSTHROUGH, RETRY_BUFFER};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::StatusCode;
@@ -496,19 +496,43 @@ impl Outbound {
     /// Serves an app's HTTP/1 connection on the fast path, handing it to the
     /// general path at the first request this path does not handle.
     pub(crate) async fn serve_http1(self: &Arc<Self>, mut tcp: TcpStream, destination: SocketAddr) {
-        let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let limits = &self.limits;
+        let stats = &self.metrics.limits.outbound;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut wait = crate::limits::ClientWait::new(limits.idle_timeout);
         loop {
+            if buf.is_empty() && !wait.next_request(&tcp, &mut buf).await {
+                stats.idle_timeout.inc();
+                return;
+            }
+            // The head read timeout runs from a head's first bytes; the
+            // timer is made only for a head that does not come whole.
+            let mut head_deadline = None;
             let head = loop {
-                match http1::parse_request(&buf) {
+                match http1::parse_request_limited(&buf, &limits.head) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
                     Err(e) => return self.refuse(&mut tcp, &e).await,
                 }
-                match read_more(&mut tcp, &mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                let deadline = *head_deadline.get_or_insert_with(|| limits.request_headers_timeout.map(|t| tokio::time::Instant::now() + t));
+                match crate::limits::within(deadline, read_more(&mut tcp, &mut buf)).await {
+                    Some(Ok(0) | Err(_)) => return,
+                    Some(Ok(_)) => {}
+                    None => {
+                        stats.header_timeout.inc();
+                        return self.refuse_slow_head(&mut tcp).await;
+                    }
                 }
             };
+            if head.method(&buf) == b"CONNECT" {
+                // No route allows CONNECT (Envoy's answer is the same 404); the
+                // connection closes, as tunnel bytes may follow.
+                let mut out = Vec::new();
+                http1::write_local_response(&mut out, 404, "no route allows CONNECT\n", true);
+                let _ = tcp.write_all(&out).await;
+                let _ = tcp.shutdown().await;
+                return;
+            }
             let body_len = match head.framing {
                 _ if head.unsupported.is_some() => None,
                 Framing::Empty => Some(0),
@@ -521,14 +545,22 @@ impl Outbound {
             };
             let request_len = head.head_len + body_len;
             while buf.len() < request_len {
-                match read_more(&mut tcp, &mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                // A body that stops coming is idleness.
+                let idle_deadline = limits.idle_timeout.map(|t| tokio::time::Instant::now() + t);
+                match crate::limits::within(idle_deadline, read_more(&mut tcp, &mut buf)).await {
+                    Some(Ok(0) | Err(_)) => return,
+                    Some(Ok(_)) => {}
+                    None => {
+                        stats.idle_timeout.inc();
+                        return;
+                    }
                 }
             }
             match self.exchange(&mut tcp, &buf[..request_len], &head, destination).await {
                 Next::KeepGoing => {
                     buf.drain(..request_len);
+                    // A buffer grown for a large head or body is let go.
+                    crate::limits::shrink(&mut buf, READ_CHUNK);
                 }
                 Next::Close => {
                     let _ = tcp.shutdown().await;
@@ -543,13 +575,24 @@ impl Outbound {
         self.serve_http(Prefixed::new(read_ahead, tcp), destination, Protocol::Http1).await
     }
 
+    /// A head that did not come whole within the head read timeout: 408, and close.
+    async fn refuse_slow_head(&self, tcp: &mut TcpStream) {
+        let mut out = Vec::new();
+        let timeout = self.limits.request_headers_timeout.unwrap_or_default();
+        http1::write_local_response(&mut out, 408, &format!("request head not received within {timeout:?}\n"), true);
+        let _ = tcp.write_all(&out).await;
+        crate::limits::linger_close(tcp).await;
+    }
+
     /// A head the proxy cannot read: say why, and close.
     async fn refuse(&self, tcp: &mut TcpStream, error: &HeadError) {
-        let status = if *error == HeadError::TooLarge { 431 } else { 400 };
+        if *error == HeadError::TooLarge {
+            self.metrics.limits.outbound.headers_too_large.inc();
+        }
         let mut out = Vec::new();
-        http1::write_local_response(&mut out, status, &format!("{error}\n"), true);
+        http1::write_local_response(&mut out, error.request_status(), &format!("{error}\n"), true);
         let _ = tcp.write_all(&out).await;
-        let _ = tcp.shutdown().await;
+        crate::limits::linger_close(tcp).await;
     }
 
     /// Routes one request (its head and whole body in `request`), forwards
@@ -606,7 +649,7 @@ impl Outbound {
                         let code = response.status().as_u16();
                         Ok((Reply::Http2(response), code))
                     }
-                    None => self.attempt(endpoint, cluster.connect_timeout, request, head).await.map(|(a, code)| (Reply::Http1(a), code)),
+                    None => self.attempt(endpoint, cluster.connect_timeout, request, head).await.map(|(a, code)| (Reply::Http1(a), code)).map_err(Failure::from),
                 }
             })
         })
@@ -655,7 +698,13 @@ impl Outbound {
                             Err(e) => Err(e),
                         }
                     }
-                    Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                    Err(e) => {
+                        // Nothing of the answer was written yet: the app gets a 502, as from Envoy.
+                        out.clear();
+                        http1::write_local_response(&mut out, 502, &format!("upstream {endpoint}: {e}\n"), true);
+                        let _ = app.write_all(&out).await;
+                        Err(io::Error::new(io::ErrorKind::InvalidData, e))
+                    }
                 }
             }
             Framing::UntilClose => {

@@ -9,20 +9,53 @@
 
 use std::ops::Range;
 
-/// Most headers a head may carry; more is refused as too large.
-pub const MAX_HEADERS: usize = 96;
-/// Largest request or response head accepted.
+/// Most headers a response head may carry (and a request head's default);
+/// more is refused as too large.
+pub const MAX_HEADERS: usize = 100;
+/// Largest response head accepted (and a request head's default).
 pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Limits on a request head from a client (`sidecar run
+/// --max-request-headers-kb`, `--max-request-headers`): a head over either
+/// is refused with 431.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Bytes of the request line and header fields.
+    pub max_bytes: usize,
+    pub max_headers: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits { max_bytes: MAX_HEAD, max_headers: MAX_HEADERS }
+    }
+}
 
 /// Why a head could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
     #[error("malformed HTTP/1 head: {0}")]
     Malformed(String),
-    #[error("head larger than {MAX_HEAD} bytes or with more than {MAX_HEADERS} headers")]
+    #[error("message head over the proxy's size or header-count limit")]
     TooLarge,
     #[error("conflicting or invalid Content-Length")]
     BadLength,
+    /// A transfer coding other than one `chunked` (the proxy applies no other).
+    #[error("transfer coding not implemented: {0}")]
+    UnsupportedCoding(String),
+}
+
+impl HeadError {
+    /// The status a client gets for a request head refused with this error
+    /// (Envoy's choices on the same bytes); an upstream's bad answer is a 502
+    /// whatever the reason.
+    pub fn request_status(&self) -> u16 {
+        match self {
+            HeadError::TooLarge => 431,
+            HeadError::UnsupportedCoding(_) => 501,
+            HeadError::Malformed(_) | HeadError::BadLength => 400,
+        }
+    }
 }
 
 /// How a message's body is delimited.
@@ -121,9 +154,44 @@ fn has_token(value: &[u8], token: &str) -> bool {
     value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// The last transfer coding is `chunked` (RFC 9112 §6.3: otherwise a request is invalid).
-fn ends_chunked(value: &[u8]) -> bool {
-    value.rsplit(|b| *b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+/// Whether a header name is one that delimits the message or names its
+/// target: a `Connection` header listing it must not remove it, or the next
+/// hop would see other message boundaries than this one (a smuggling vector).
+fn framing_field(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding") || name.eq_ignore_ascii_case(b"host")
+}
+
+/// A Host value is an RFC 3986 host with an optional port: reg-name or IP
+/// characters, `[`/`]` for IPv6 literals, `:` before the port. Empty is valid
+/// (a target without authority). Anything else (spaces, `/`, `@`, controls)
+/// is refused, so that routing and the upstream read the same authority.
+pub fn valid_host(value: &[u8]) -> bool {
+    value.iter().all(|b| HOST_BYTES[usize::from(*b)])
+}
+
+/// The bytes [`valid_host`] allows, as a table: every request's Host is
+/// checked, so one lookup per byte rather than a search of the list.
+static HOST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let others = b"-._~!$&'()*+,;=%:[]";
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+/// Whether a list of `Transfer-Encoding` values is exactly one coding,
+/// `chunked` (any case): the only one the proxy applies.
+pub fn only_chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
+    let mut codings = values.flat_map(|v| v.split(|b| *b == b',')).map(<[u8]>::trim_ascii).filter(|t| !t.is_empty());
+    codings.next().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) && codings.next().is_none()
 }
 
 fn content_length(value: &[u8]) -> Option<u64> {
@@ -138,42 +206,88 @@ fn content_length(value: &[u8]) -> Option<u64> {
 #[derive(Default)]
 struct FramingHeaders {
     length: Option<u64>,
-    transfer_encoding: Option<bool>,
+    /// Transfer codings listed, over every `Transfer-Encoding` field.
+    codings: u32,
+    /// Every listed coding was `chunked`.
+    all_chunked: bool,
     connection_close: bool,
     connection_keep_alive: bool,
+    /// A `Connection` header names `Host`.
+    connection_names_host: bool,
 }
 
 impl FramingHeaders {
     fn add(&mut self, name: &str, value: &[u8]) -> Result<(), HeadError> {
         if name.eq_ignore_ascii_case("content-length") {
-            let n = content_length(value).ok_or(HeadError::BadLength)?;
-            if self.length.is_some_and(|l| l != n) {
+            // One field with one value: a repeated or listed length is
+            // refused even when the values agree, as Envoy does.
+            if self.length.is_some() {
                 return Err(HeadError::BadLength);
             }
-            self.length = Some(n);
+            self.length = Some(content_length(value).ok_or(HeadError::BadLength)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // Several fields form one list; what counts is the last coding.
-            self.transfer_encoding = Some(ends_chunked(value));
+            // Several fields form one list.
+            if self.codings == 0 {
+                self.all_chunked = true;
+            }
+            for coding in value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
+                self.codings += 1;
+                self.all_chunked &= coding.eq_ignore_ascii_case(b"chunked");
+            }
+            if self.codings == 0 {
+                // A field with no coding at all still says "not by length".
+                self.codings = 1;
+                self.all_chunked = false;
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             self.connection_close |= has_token(value, "close");
             self.connection_keep_alive |= has_token(value, "keep-alive");
+            self.connection_names_host |= has_token(value, "host");
         }
         Ok(())
     }
+
+    /// Transfer-Encoding: None when absent; Ok when it is exactly `chunked`;
+    /// Err with the list when it names codings the proxy does not apply.
+    fn chunked(&self) -> Option<Result<(), HeadError>> {
+        match (self.codings, self.all_chunked) {
+            (0, _) => None,
+            (1, true) => Some(Ok(())),
+            _ => Some(Err(HeadError::UnsupportedCoding("only a single `chunked` transfer coding is supported".into()))),
+        }
+    }
 }
 
-/// Parses a request head from the start of `buf`; None while it is incomplete.
+/// Parses a request head from the start of `buf` within the default
+/// [`HeadLimits`]; None while it is incomplete.
 pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+    parse_request_limited(buf, &HeadLimits::default())
+}
+
+/// Parses a request head from the start of `buf`; None while it is
+/// incomplete, [`HeadError::TooLarge`] once it is over `limits`.
+pub fn parse_request_limited(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, HeadError> {
+    // The header array lives on the stack (a heap one per request cost
+    // hyper about 5%); only a limit above it, and a head that needs it, pays
+    // for one on the heap.
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
+    let on_stack = limits.max_headers.min(MAX_HEADERS);
+    match parse_request_into(buf, limits, &mut headers[..on_stack]) {
+        Err(HeadError::TooLarge) if limits.max_headers > MAX_HEADERS => parse_request_into(buf, limits, &mut vec![httparse::EMPTY_HEADER; limits.max_headers]),
+        parsed => parsed,
+    }
+}
+
+fn parse_request_into<'b>(buf: &'b [u8], limits: &HeadLimits, headers: &mut [httparse::Header<'b>]) -> Result<Option<RequestHead>, HeadError> {
+    let mut req = httparse::Request::new(headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if buf.len() >= limits.max_bytes => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(e) => return Err(HeadError::Malformed(e.to_string())),
     };
-    if head_len > MAX_HEAD {
+    if head_len > limits.max_bytes {
         return Err(HeadError::TooLarge);
     }
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
@@ -197,13 +311,28 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
         }
         ranges.push((range_of(buf, h.name.as_bytes()), range_of(buf, h.value)));
     }
-    let framing = match (framing_headers.transfer_encoding, framing_headers.length) {
+    let framing = match (framing_headers.chunked(), framing_headers.length) {
         (Some(_), Some(_)) => return Err(HeadError::Malformed("both Transfer-Encoding and Content-Length".into())),
-        (Some(true), None) => Framing::Chunked,
-        (Some(false), None) => return Err(HeadError::Malformed("a request's last transfer coding must be chunked".into())),
+        // RFC 9112 §6.1: HTTP/1.0 has no transfer codings; its framing is faulty.
+        (Some(_), None) if minor == 0 => return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request".into())),
+        (Some(coding), None) => {
+            coding?;
+            Framing::Chunked
+        }
         (None, Some(0)) | (None, None) => Framing::Empty,
         (None, Some(n)) => Framing::Length(n),
     };
+    if framing_headers.connection_names_host {
+        return Err(HeadError::Malformed("a Connection header names Host".into()));
+    }
+    match &host {
+        None if minor == 1 => return Err(HeadError::Malformed("an HTTP/1.1 request without Host".into())),
+        Some(h) if !valid_host(&buf[h.clone()]) => return Err(HeadError::Malformed("an invalid Host".into())),
+        _ => {}
+    }
+    if target.contains('#') {
+        return Err(HeadError::Malformed("a fragment in the request target".into()));
+    }
     if minor == 0 {
         unsupported = Some("HTTP/1.0");
     } else if method == "CONNECT" || !target.starts_with('/') {
@@ -248,10 +377,17 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseH
     let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::Empty
     } else {
-        match (framing_headers.transfer_encoding, framing_headers.length) {
-            // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::UntilClose,
+        // Envoy refuses an answer with both framings, or with codings it
+        // does not apply, rather than pick one (RFC 9112 §6.3 lets either
+        // happen); so does the proxy: the app gets a 502, never a guess.
+        match (framing_headers.chunked(), framing_headers.length) {
+            (Some(_), Some(_)) => return Err(HeadError::Malformed("both Transfer-Encoding and Content-Length".into())),
+            // RFC 9112 §6.1: HTTP/1.0 has no transfer codings; its framing is faulty.
+            (Some(_), None) if minor == 0 => return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 answer".into())),
+            (Some(coding), None) => {
+                coding?;
+                Framing::Chunked
+            }
             (None, Some(0)) => Framing::Empty,
             (None, Some(n)) => Framing::Length(n),
             (None, None) => Framing::UntilClose,
@@ -278,9 +414,11 @@ fn connection_named<'a>(buf: &'a [u8], headers: &[(Range<usize>, Range<usize>)])
         .collect()
 }
 
+/// The headers to forward: not hop-by-hop, and not named by `Connection`
+/// unless they are framing fields (those stay with the body they delimit).
 fn forwarded<'a>(buf: &'a [u8], headers: &'a [(Range<usize>, Range<usize>)]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
     let named = connection_named(buf, headers);
-    headers.iter().map(move |(n, v)| (&buf[n.clone()], &buf[v.clone()])).filter(move |(n, _)| !hop_by_hop(n) && !named.iter().any(|c| c.eq_ignore_ascii_case(n)))
+    headers.iter().map(move |(n, v)| (&buf[n.clone()], &buf[v.clone()])).filter(move |(n, _)| !hop_by_hop(n) && (!named.iter().any(|c| c.eq_ignore_ascii_case(n)) || framing_field(n)))
 }
 
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -377,7 +515,7 @@ fn header_map<'a>(headers: impl Iterator<Item = (&'a [u8], &'a [u8])>, size: usi
 /// those a `Connection` header names are left out.
 fn forwarded_map(headers: &hyper::HeaderMap) -> impl Iterator<Item = (&hyper::header::HeaderName, &hyper::header::HeaderValue)> {
     let named: Vec<&[u8]> = headers.get_all(hyper::header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()).collect();
-    headers.iter().filter(move |(n, _)| !hop_by_hop(n.as_str().as_bytes()) && !named.iter().any(|c| c.eq_ignore_ascii_case(n.as_str().as_bytes())))
+    headers.iter().filter(move |(n, _)| !hop_by_hop(n.as_str().as_bytes()) && (!named.iter().any(|c| c.eq_ignore_ascii_case(n.as_str().as_bytes())) || framing_field(n.as_str().as_bytes())))
 }
 
 /// Writes an HTTP/1.1 request head for a request that arrived as `http`
@@ -457,6 +595,8 @@ pub struct ChunkedScanner {
     state: ChunkState,
     /// The chunk size read so far on a size line.
     size: u64,
+    /// The size line has at least one digit (an empty one is not a last chunk).
+    digits: bool,
     /// Whether the trailer line being read has any content.
     trailer_line: bool,
 }
@@ -465,6 +605,8 @@ pub struct ChunkedScanner {
 enum ChunkState {
     #[default]
     Size,
+    /// Blanks after the size: only `;` or the line's end may follow.
+    SizeBlank,
     /// A chunk extension, up to the line's end.
     Extension,
     SizeLf,
@@ -494,15 +636,27 @@ impl ChunkedScanner {
                 ChunkState::Size => match (b as char).to_digit(16) {
                     Some(d) => {
                         self.size = self.size.checked_mul(16).and_then(|s| s.checked_add(u64::from(d))).ok_or_else(|| bad("chunk size overflows"))?;
+                        self.digits = true;
                         ChunkState::Size
                     }
-                    None if b == b';' || b == b' ' || b == b'\t' => ChunkState::Extension,
+                    // Read as 0, an empty size line would end the body early.
+                    None if !self.digits => return Err(bad("a chunk size line without a size")),
+                    None if b == b';' => ChunkState::Extension,
+                    None if b == b' ' || b == b'\t' => ChunkState::SizeBlank,
                     None if b == b'\r' => ChunkState::SizeLf,
                     None => return Err(bad("invalid chunk size")),
                 },
+                ChunkState::SizeBlank => match b {
+                    b' ' | b'\t' => ChunkState::SizeBlank,
+                    b';' => ChunkState::Extension,
+                    b'\r' => ChunkState::SizeLf,
+                    _ => return Err(bad("text after the chunk size")),
+                },
                 ChunkState::Extension if b == b'\r' => ChunkState::SizeLf,
+                // A bare LF or other control byte: where the line ends would be a guess.
+                ChunkState::Extension if (b < 0x20 && b != b'\t') || b == 0x7f => return Err(bad("control byte in a chunk extension")),
                 ChunkState::Extension => ChunkState::Extension,
-                ChunkState::SizeLf if b == b'\n' => match std::mem::take(&mut self.size) {
+                ChunkState::SizeLf if b == b'\n' => match (std::mem::take(&mut self.size), std::mem::take(&mut self.digits)).0 {
                     0 => {
                         self.trailer_line = false;
                         ChunkState::Trailer
@@ -522,6 +676,7 @@ impl ChunkedScanner {
                 ChunkState::DataLf if b == b'\n' => ChunkState::Size,
                 ChunkState::DataCr | ChunkState::DataLf => return Err(bad("missing CRLF after chunk data")),
                 ChunkState::Trailer if b == b'\r' => ChunkState::TrailerLf,
+                ChunkState::Trailer if b == b'\n' => return Err(bad("bare LF in trailers")),
                 ChunkState::Trailer => {
                     self.trailer_line = true;
                     ChunkState::Trailer
@@ -566,13 +721,13 @@ mod tests {
         assert_eq!((view.header("x-y"), view.header("X-Z")), (Some("z"), None));
         assert!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none(), "incomplete");
 
-        assert_eq!(request("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").framing, Framing::Length(12));
-        assert_eq!(request("POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n").framing, Framing::Empty);
-        assert!(request("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").close);
-        let chunked = request("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n").framing, Framing::Length(12));
+        assert_eq!(request("POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n").framing, Framing::Empty);
+        assert!(request("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n").close);
+        let chunked = request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert_eq!(chunked.framing, Framing::Chunked);
         assert!(chunked.unsupported.is_some(), "chunked uploads take the general path");
-        for other in ["GET / HTTP/1.0\r\n\r\n", "CONNECT a:443 HTTP/1.1\r\n\r\n", "GET http://a/ HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"] {
+        for other in ["GET / HTTP/1.0\r\n\r\n", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"] {
             assert!(request(other).unsupported.is_some(), "{other:?}");
         }
     }
@@ -586,7 +741,7 @@ mod tests {
         ] {
             assert_eq!(parse_request(bad.as_bytes()).unwrap_err(), why, "{bad:?}");
         }
-        for bad in ["GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"] {
+        for bad in ["GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"] {
             assert!(matches!(parse_request(bad.as_bytes()), Err(HeadError::Malformed(_))), "{bad:?}");
         }
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
@@ -605,7 +760,7 @@ mod tests {
         assert_eq!((r.status, r.framing, r.reusable), (200, Framing::Length(5), true));
         assert_eq!(response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).framing, Framing::Empty, "HEAD");
         assert_eq!(response("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false).framing, Framing::Empty);
-        assert_eq!(response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", false).framing, Framing::Chunked);
+        assert_eq!(response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).framing, Framing::Chunked);
         let until_close = response("HTTP/1.1 200 OK\r\n\r\n", false);
         assert_eq!((until_close.framing, until_close.reusable), (Framing::UntilClose, false));
         assert!(!response("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false).reusable);
@@ -708,6 +863,79 @@ mod tests {
         assert_eq!(ChunkedScanner::default().scan(b"3\r\nab").unwrap(), None);
         for bad in [&b"x\r\n"[..], b"3\r\nabcd\r\n", b"fffffffffffffffff\r\n"] {
             assert!(ChunkedScanner::default().scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// Issue 17, item 1: the framing tricks Envoy 1.40 refuses are refused
+    /// with the status class it answers (tests/framing.rs runs Envoy itself
+    /// on the same bytes).
+    #[test]
+    fn framing_tricks_are_refused_with_envoys_status() {
+        let status = |text: &str| parse_request(text.as_bytes()).err().map(|e| e.request_status());
+        for (text, expected) in [
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n", 501),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n", 400),
+        ] {
+            assert_eq!(status(text), Some(expected), "{text:?}");
+        }
+        for fine in ["GET / HTTP/1.0\r\n\r\n", "GET / HTTP/1.1\r\nHost: \r\n\r\n", "GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", "\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", "FOO /x HTTP/1.1\r\nHost: a\r\n\r\n"] {
+            assert_eq!(status(fine), None, "{fine:?}");
+        }
+    }
+
+    #[test]
+    fn a_connection_header_never_removes_framing() {
+        let text = "POST /p HTTP/1.1\r\nHost: a\r\nConnection: Content-Length, Transfer-Encoding, x-hop\r\nContent-Length: 5\r\nx-hop: 1\r\n\r\nhello";
+        let head = request(text);
+        assert_eq!(head.framing, Framing::Length(5));
+        let mut out = Vec::new();
+        write_request_head(&mut out, text.as_bytes(), &head, "a");
+        assert_eq!(String::from_utf8(out).unwrap(), "POST /p HTTP/1.1\r\nhost: a\r\nContent-Length: 5\r\n\r\n");
+        let map = request_header_map(text.as_bytes(), &head);
+        assert_eq!(map.get("content-length").map(|v| v.as_bytes()), Some(&b"5"[..]));
+
+        let answer = "HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut out = Vec::new();
+        write_response_head(&mut out, answer.as_bytes(), &response(answer, false), false);
+        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    }
+
+    #[test]
+    fn upstream_answers_with_ambiguous_framing_are_refused() {
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        ] {
+            assert!(parse_response(bad.as_bytes(), false).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines_need_a_size() {
+        for bad in [&b"\r\nhello\r\n0\r\n\r\n"[..], b" 5\r\nhello\r\n0\r\n\r\n", b";x\r\n", b"5 5\r\nhello\r\n", b"5;a\nhello\r\n0\r\n\r\n", b"0\r\n\n", b"0x5\r\nhello\r\n"] {
+            assert!(ChunkedScanner::default().scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        for fine in [&b"5 \r\nhello\r\n0\r\n\r\n"[..], b"5 ;a=b\r\nhello\r\n0\r\n\r\n", b"5;\r\nhello\r\n0\r\n\r\n", b"00005\r\nhello\r\n000\r\n\r\n"] {
+            assert_eq!(ChunkedScanner::default().scan(fine).unwrap(), Some(fine.len()), "{:?}", String::from_utf8_lossy(fine));
         }
     }
 }

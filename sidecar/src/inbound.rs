@@ -5,8 +5,10 @@
 //!   a certificate from the mesh root. Its SPIFFE identity is passed to the
 //!   app in `x-revmesh-peer-identity` (any such header from outside is
 //!   replaced) and to metrics as `source_principal`.
-//! * Anything else is plaintext (or the app's own TLS). PERMISSIVE passes it
-//!   through as bytes; STRICT refuses it.
+//! * Anything else is plaintext (or the app's own TLS). STRICT refuses it.
+//!   PERMISSIVE serves it by the protocol the control plane declares for the
+//!   port (HTTP with any identity header from the client removed, or bytes);
+//!   an undeclared port is sniffed (see [`Inbound::plaintext`]).
 //!
 //! Traffic goes on to the address it was sent to (the pod's IP and port), as
 //! Istio does since 1.10, so apps bound to the pod IP or to 0.0.0.0 both work.
@@ -16,7 +18,8 @@ use crate::h1_forward::UpstreamPool;
 use crate::http1;
 use crate::mesh_h2::{send_body, RecvBody};
 use crate::metrics::{HandleCache, Metrics, RequestLabels, TcpLabels};
-use crate::proxy::{accept_loop, original_destination, BoxError, Drain};
+use crate::config::{DeclaredProtocol, ProxyConfig};
+use crate::proxy::{accept_loop, original_destination, BoxError, Drain, Protocol};
 use crate::tls::{client_hello_alpn, spiffe_id, Mesh, ALPN_HTTP, ALPN_TCP};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -34,6 +37,29 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub const PEER_IDENTITY_HEADER: &str = "x-revmesh-peer-identity";
 static PEER_IDENTITY_HEADER_NAME: hyper::header::HeaderName = hyper::header::HeaderName::from_static(PEER_IDENTITY_HEADER);
+
+/// Removes the identity header, and look-alikes with `_` for `-`: servers
+/// that map names to CGI-style variables (`HTTP_X_REVMESH_PEER_IDENTITY`)
+/// would hand those to the app as the same thing.
+pub fn remove_identity_headers(headers: &mut hyper::HeaderMap) {
+    headers.remove(&PEER_IDENTITY_HEADER_NAME);
+    let look_alike = |name: &hyper::header::HeaderName| {
+        let name = name.as_str().as_bytes();
+        name.len() == PEER_IDENTITY_HEADER.len() && name.contains(&b'_') && name.iter().zip(PEER_IDENTITY_HEADER.as_bytes()).all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+    };
+    if headers.keys().any(look_alike) {
+        let names: Vec<hyper::header::HeaderName> = headers.keys().filter(|n| look_alike(n)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
+
+async fn connect_app(destination: SocketAddr) -> Option<TcpStream> {
+    let app = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(destination)).await.ok()?.ok()?;
+    let _ = app.set_nodelay(true);
+    Some(app)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -54,11 +80,16 @@ pub struct Inbound {
     pub drain: Arc<Drain>,
     /// Without capture there is no original destination: everything goes here.
     pub fixed_target: Option<SocketAddr>,
+    /// The routing tables, for the protocol each port is declared with;
+    /// None: every port is sniffed.
+    pub config: Option<tokio::sync::watch::Receiver<Arc<ProxyConfig>>>,
     /// Requests with a body, streamed (hyper's HTTP/1 client).
     app: Client<HttpConnector, crate::proxy::Body>,
     /// Requests without one (most): written whole on a pooled connection.
     app_pool: Arc<UpstreamPool>,
     handles: HandleCache,
+    /// Bounds on client connections (`sidecar run` flags).
+    pub limits: crate::limits::Limits,
 }
 
 /// How long connecting to the app may take.
@@ -72,8 +103,16 @@ enum Kind {
     Other,
 }
 
-async fn sniff(tcp: &TcpStream) -> Kind {
-    let deadline = tokio::time::Instant::now() + crate::proxy::DETECT_TIMEOUT;
+/// How long a client that must speak first (a port declared HTTP), or one
+/// that has begun a TLS handshake, may take over its first bytes. On a loaded
+/// node a peer proxy's ClientHello can take longer than the short sniffing
+/// time; read as plaintext, the handshake was answered with an HTTP error and
+/// the peer saw "received corrupt message" (found in the node upgrade test).
+const PATIENT_DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn sniff(tcp: &TcpStream, client_speaks_first: bool) -> Kind {
+    let start = tokio::time::Instant::now();
+    let mut deadline = start + if client_speaks_first { PATIENT_DETECT_TIMEOUT } else { crate::proxy::DETECT_TIMEOUT };
     let mut buf = vec![0u8; 2048];
     loop {
         let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
@@ -83,6 +122,8 @@ async fn sniff(tcp: &TcpStream) -> Kind {
         if buf[0] != 0x16 {
             return Kind::Other;
         }
+        // A TLS record has begun: wait for the whole ClientHello.
+        deadline = deadline.max(start + PATIENT_DETECT_TIMEOUT);
         if let Some(alpn) = client_hello_alpn(&buf[..n]) {
             return if alpn.iter().any(|a| a == ALPN_HTTP) {
                 Kind::MeshHttp
@@ -105,16 +146,22 @@ impl Inbound {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
         let app = Client::builder(TokioExecutor::new()).build(connector);
-        Inbound { mesh, mode, metrics, workload, revision, drain, fixed_target: None, app, app_pool: Default::default(), handles: Default::default() }
+        Inbound { mesh, mode, metrics, workload, revision, drain, fixed_target: None, config: None, app, app_pool: Default::default(), handles: Default::default(), limits: Default::default() }
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let drain = Arc::clone(&self.drain);
-        accept_loop(listener, drain, "inbound", move |tcp, peer| {
+        let (max, stats) = (self.limits.max_connections, self.metrics.limits.inbound.clone());
+        accept_loop(listener, drain, "inbound", max, stats, move |tcp, peer| {
             let this = Arc::clone(&self);
             async move { this.connection(tcp, peer).await }
         })
         .await
+    }
+
+    /// The protocol the control plane declares for a port of the app.
+    fn declared(&self, port: u16) -> Option<DeclaredProtocol> {
+        self.config.as_ref().and_then(|c| c.borrow().inbound_protocol(port))
     }
 
     fn refused(&self, peer: SocketAddr, why: &str) {
@@ -131,7 +178,7 @@ impl Inbound {
                 Err(_) => return,
             },
         };
-        let kind = sniff(&tcp).await;
+        let kind = sniff(&tcp, self.declared(destination.port()) == Some(DeclaredProtocol::Http)).await;
         let mesh = match (&self.mesh, kind) {
             (Some(mesh), Kind::MeshHttp | Kind::MeshTcp) => mesh,
             (None, Kind::MeshHttp | Kind::MeshTcp) => return self.refused(peer, "mTLS offered, but this proxy has no identity"),
@@ -147,6 +194,12 @@ impl Inbound {
             return self.refused(peer, "the peer's certificate names no SPIFFE identity");
         };
         if session.alpn_protocol() == Some(ALPN_TCP) {
+            // A peer that took this port for TCP (another Service may declare
+            // it so) still speaks to an app port declared HTTP: served as
+            // HTTP, so the app gets the verified identity and nothing forged.
+            if self.declared(destination.port()) == Some(DeclaredProtocol::Http) {
+                return self.http_to_app(tls, destination, identity).await;
+            }
             return self.tcp_to_app(tls, destination, identity).await;
         }
         self.serve_peer_http(tls, destination, identity).await
@@ -157,8 +210,12 @@ impl Inbound {
     /// no spawn per request, and answers the app has ready when the task
     /// wakes leave in one write.
     async fn serve_peer_http(&self, tls: tokio_rustls::server::TlsStream<TcpStream>, destination: SocketAddr, identity: String) {
+        let (tls, traffic) = crate::limits::Watched::new(tls);
         let (io, uncork) = crate::mesh_h2::cork(tls);
-        let handshake = std::pin::pin!(crate::mesh_h2::server_builder().handshake::<_, Bytes>(io));
+        // h2 answers a larger head with 431 itself.
+        let mut builder = crate::mesh_h2::server_builder();
+        builder.max_header_list_size(self.limits.h2_header_list_size());
+        let handshake = std::pin::pin!(builder.handshake::<_, Bytes>(io));
         let mut connection = match crate::mesh_h2::drive(handshake, &uncork).await {
             Ok(c) => c,
             Err(e) => return tracing::debug!(error = %e, %identity, "HTTP/2 handshake from a peer failed"),
@@ -167,11 +224,18 @@ impl Inbound {
         let mut draining = self.drain.draining.subscribe();
         // Made once: a watch future made per turn registers a waiter per turn.
         let mut drain_started = std::pin::pin!(crate::proxy::wait_draining(&mut draining));
+        // Made once too: the quiet time adds up across turns. A connection
+        // is idle only with no request in flight (as Envoy's idle timeout).
+        let mut idle = std::pin::pin!(traffic.idle(self.limits.idle_timeout));
         let mut shutting_down = false;
         loop {
             let accepted = tokio::select! {
                 biased;
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+                _ = idle.as_mut(), if in_flight.is_empty() => {
+                    self.metrics.limits.inbound.idle_timeout.inc();
+                    return tracing::debug!(%identity, "idle HTTP/2 connection from a peer closed");
+                }
                 // Answers queued by the streams above are written here.
                 accepted = std::future::poll_fn(|cx| {
                     let accepted = connection.poll_accept(cx);
@@ -218,23 +282,65 @@ impl Inbound {
     }
 
     /// PERMISSIVE plaintext. HTTP is proxied (not passed as bytes) so that a
-    /// client without mTLS cannot hand the app a forged identity header;
-    /// anything else is passed through as bytes.
+    /// client without mTLS cannot hand the app a forged identity header.
+    ///
+    /// * A port declared HTTP is HTTP, however slowly its first bytes come.
+    /// * A port declared TCP is bytes.
+    /// * An undeclared port is sniffed: a request line (any method token,
+    ///   after any empty lines) or the HTTP/2 preface is HTTP, other bytes
+    ///   are passed on. A client silent for the sniffing time is either
+    ///   a server-first protocol or a slow client: the app is connected, and
+    ///   whoever speaks first decides. If the client does, its bytes are
+    ///   sniffed again, so a slow HTTP client is still served as HTTP.
     async fn plaintext(self: &Arc<Self>, tcp: TcpStream, destination: SocketAddr) {
-        let mut first = [0u8; 24];
-        let n = match tokio::time::timeout(crate::proxy::DETECT_TIMEOUT, tcp.peek(&mut first)).await {
-            Ok(Ok(n)) => n,
-            _ => 0,
-        };
-        if !matches!(crate::proxy::classify(&first[..n]), Some(crate::proxy::Protocol::Http1 | crate::proxy::Protocol::Http2) | None) || n == 0 {
-            return self.tcp_to_app(tcp, destination, String::new()).await;
+        match self.declared(destination.port()) {
+            Some(DeclaredProtocol::Http) => return self.http_to_app(tcp, destination, String::new()).await,
+            Some(DeclaredProtocol::Tcp) => return self.tcp_to_app(tcp, destination, String::new()).await,
+            None => {}
         }
+        match crate::proxy::sniff_first_bytes(&tcp).await {
+            Some(Protocol::Http1 | Protocol::Http2) => return self.http_to_app(tcp, destination, String::new()).await,
+            Some(Protocol::Opaque) => return self.tcp_to_app(tcp, destination, String::new()).await,
+            None => {}
+        }
+        let Some(app) = connect_app(destination).await else { return };
+        let client_first = tokio::select! {
+            biased;
+            _ = app.readable() => false,
+            _ = tcp.readable() => true,
+        };
+        if client_first && matches!(crate::proxy::detect(&tcp).await, Protocol::Http1 | Protocol::Http2) {
+            drop(app);
+            return self.http_to_app(tcp, destination, String::new()).await;
+        }
+        self.relay_to_app(tcp, app, String::new()).await
+    }
+
+    /// Serves HTTP/1 or HTTP/2 (hyper tells them apart) to the app, each
+    /// request with `identity` (empty: none) as the only identity header.
+    async fn http_to_app<IO>(self: &Arc<Self>, io: IO, destination: SocketAddr, identity: String)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let this = Arc::clone(self);
+        let identity: Arc<str> = identity.into();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let this = Arc::clone(&this);
-            async move { Ok::<_, std::convert::Infallible>(this.to_app(req, destination, "").await) }
+            let (this, identity) = (Arc::clone(&this), Arc::clone(&identity));
+            async move {
+                // What the outbound side refuses is refused here too, as Envoy does.
+                if let Some((status, why)) = crate::proxy::refusal(&req) {
+                    let mut refused = crate::proxy::text_response(status, why);
+                    refused.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+                    return Ok::<_, std::convert::Infallible>(refused);
+                }
+                Ok(this.to_app(req, destination, &identity).await)
+            }
         });
-        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;
+        let (io, traffic) = crate::limits::Watched::new(io);
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        self.limits.hyper_auto(&mut builder);
+        let serving = builder.serve_connection(TokioIo::new(io), service);
+        crate::limits::serve_watched(serving, &traffic, &self.limits, &self.metrics.limits.inbound, crate::limits::boxed_hyper_error).await;
     }
 
     /// Forwards a request to the app; `identity` (empty for plaintext) goes in
@@ -246,7 +352,15 @@ impl Inbound {
     {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
-        parts.headers.remove(&PEER_IDENTITY_HEADER_NAME);
+        remove_identity_headers(&mut parts.headers);
+        // Trailers could carry one too (to an app that merges them).
+        let body = body.map_frame(|frame| match frame.into_trailers() {
+            Ok(mut trailers) => {
+                remove_identity_headers(&mut trailers);
+                hyper::body::Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        });
         let uri = std::mem::take(&mut parts.uri);
         let destination_text;
         let host = match uri.authority() {
@@ -312,12 +426,15 @@ impl Inbound {
         }
     }
 
-    async fn tcp_to_app<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(&self, mut inbound: S, destination: SocketAddr, identity: String) {
-        let Ok(Ok(mut app)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(destination)).await else { return };
-        let _ = app.set_nodelay(true);
+    async fn tcp_to_app<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(&self, inbound: S, destination: SocketAddr, identity: String) {
+        let Some(app) = connect_app(destination).await else { return };
+        self.relay_to_app(inbound, app, identity).await
+    }
+
+    async fn relay_to_app<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(&self, mut inbound: S, mut app: TcpStream, identity: String) {
         let labels = TcpLabels { reporter: "destination", source_workload: identity, destination_service: self.workload.clone(), revision: self.revision.clone() };
         self.metrics.tcp_opened.get_or_create(&labels).inc();
-        if let Ok((from_peer, from_app)) = tokio::io::copy_bidirectional(&mut inbound, &mut app).await {
+        if let Ok((from_peer, from_app)) = crate::limits::copy_until_idle(&mut inbound, &mut app, &self.limits, &self.metrics.limits.inbound).await {
             self.metrics.tcp_received.get_or_create(&labels).inc_by(from_peer);
             self.metrics.tcp_sent.get_or_create(&labels).inc_by(from_app);
         }

@@ -84,6 +84,17 @@ impl ClusterState {
         }
     }
 
+    /// Ends an attempt that says nothing about the endpoint's health (the
+    /// client's request was at fault): its failure streak is left as it was.
+    pub fn abandoned(&self, endpoint: SocketAddr) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut all) = self.stats.lock() {
+            if let Some(s) = all.get_mut(&endpoint) {
+                s.active = s.active.saturating_sub(1);
+            }
+        }
+    }
+
     /// Records the outcome; true when this failure ejected the endpoint.
     pub fn finished(&self, endpoint: SocketAddr, failed: bool, cluster_size: usize, now: Instant) -> bool {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -6,11 +6,13 @@
 //!   detection, HTTP routing with retries and timeouts, TCP proxying, drain);
 //!   [`lb`]: endpoint choice, outlier ejection and the retry budget.
 //! * [`inbound`]: the inbound listener (mTLS termination, peer identity, PERMISSIVE/STRICT).
+//! * [`limits`]: bounded resources (timeouts, head limits, connection caps).
 //! * [`admin`], [`metrics`]: operator ports and Istio-named metrics.
 //! * [`tls`]: TLS to the control plane, and mTLS between proxies with SPIFFE identities.
 //! * [`run`]: flags and wiring.
 
 pub mod admin;
+pub mod app_probe;
 pub mod capture;
 pub mod config;
 pub mod fast_hash;
@@ -18,6 +20,7 @@ pub mod h1_forward;
 pub mod http1;
 pub mod inbound;
 pub mod lb;
+pub mod limits;
 pub mod mesh_h2;
 pub mod metrics;
 pub mod proxy;

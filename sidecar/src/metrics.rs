@@ -40,6 +40,8 @@ pub struct Metrics {
     pub retries: Counter,
     pub ejections: Counter,
     pub inbound_refused: Counter,
+    /// What the bounds on client connections did (`crate::limits`).
+    pub limits: crate::limits::LimitMetrics,
 }
 
 impl Default for Metrics {
@@ -65,7 +67,8 @@ impl Default for Metrics {
         registry.register("revmesh_proxy_outlier_ejections", "Endpoints ejected after consecutive failures", ejections.clone());
         let inbound_refused = Counter::default();
         registry.register("revmesh_proxy_inbound_refused", "Inbound connections refused (plaintext in STRICT mode, failed mTLS)", inbound_refused.clone());
-        Metrics { registry: Mutex::new(registry), requests, duration, tcp_sent, tcp_received, tcp_opened, tcp_closed, retries, ejections, inbound_refused }
+        let limits = crate::limits::LimitMetrics::register(&mut registry);
+        Metrics { registry: Mutex::new(registry), requests, duration, tcp_sent, tcp_received, tcp_opened, tcp_closed, retries, ejections, inbound_refused, limits }
     }
 }
 

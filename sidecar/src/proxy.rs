@@ -45,39 +45,133 @@ pub enum Protocol {
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const METHODS: [&[u8]; 9] = [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
+/// How many first bytes detection looks at: a request line longer than this
+/// that is still plausible is taken for HTTP/1.
+pub(crate) const DETECT_PEEK: usize = 1024;
+/// How long a client on a port declared HTTP may stay silent before its
+/// connection is closed (it is never passed on as bytes).
+pub const DECLARED_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An RFC 9110 `tchar`: the bytes of a token, such as a method.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
 
 /// Classifies the first bytes; None while they are too few to tell.
+///
+/// HTTP/1 is a request line: any method token (RFC 9110 §9: extension
+/// methods and any case), a target of visible ASCII, and `HTTP/1.`, after
+/// any empty lines (RFC 9112 §2.2). HTTP/2 is the prior-knowledge preface.
+/// Anything else (TLS from the app, a text protocol whose first line is not
+/// a request line) is opaque.
 pub fn classify(bytes: &[u8]) -> Option<Protocol> {
-    let could_be = |full: &[u8]| bytes.len() < full.len() && full.starts_with(bytes);
     if bytes.starts_with(H2_PREFACE) {
         return Some(Protocol::Http2);
     }
-    if METHODS.iter().any(|m| bytes.starts_with(m)) {
-        return Some(Protocol::Http1);
-    }
-    if could_be(H2_PREFACE) || METHODS.iter().any(|m| could_be(m)) {
+    if H2_PREFACE.starts_with(bytes) {
         return None;
     }
-    Some(Protocol::Opaque)
+    // Only empty lines so far: not yet a request line.
+    let start = bytes.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let line = &bytes[start..];
+    let method = line.iter().position(|b| !is_tchar(*b)).unwrap_or(line.len());
+    if method == line.len() {
+        return None;
+    }
+    if method == 0 || line[method] != b' ' {
+        return Some(Protocol::Opaque);
+    }
+    let rest = &line[method + 1..];
+    let target = rest.iter().position(|b| !(0x21..0x7f).contains(b)).unwrap_or(rest.len());
+    if target == rest.len() {
+        return None;
+    }
+    if target == 0 || rest[target] != b' ' {
+        return Some(Protocol::Opaque);
+    }
+    // Any `HTTP/` version, in any case: a lenient app could read such a
+    // line as HTTP, so it meets the proxy's parser (and its 400) rather than
+    // reaching the app as bytes.
+    let version = &rest[target + 1..];
+    const HTTP: &[u8] = b"HTTP/";
+    let seen = version.len().min(HTTP.len());
+    match version[..seen].eq_ignore_ascii_case(&HTTP[..seen]) {
+        true if seen < HTTP.len() => None,
+        true => Some(Protocol::Http1),
+        false => Some(Protocol::Opaque),
+    }
 }
 
-async fn detect(tcp: &TcpStream) -> Protocol {
+/// What undecided first bytes are taken for when no more come in time (or
+/// the peek is full): a plausible start of a request line is HTTP, so that a
+/// slow client's bytes do not decide its treatment; nothing, or only empty
+/// lines, is opaque (server-first protocols never speak first).
+pub(crate) fn classify_undecided(bytes: &[u8]) -> Protocol {
+    match classify(bytes) {
+        Some(p) => p,
+        None if bytes.len() >= 2 && H2_PREFACE.starts_with(bytes) => Protocol::Http2,
+        None if bytes.iter().any(|b| *b != b'\r' && *b != b'\n') => Protocol::Http1,
+        None => Protocol::Opaque,
+    }
+}
+
+/// Detects the protocol of a connection whose destination the control plane
+/// does not declare: from its first bytes, waiting at most [`DETECT_TIMEOUT`].
+pub(crate) async fn detect(tcp: &TcpStream) -> Protocol {
+    sniff_first_bytes(tcp).await.unwrap_or(Protocol::Opaque)
+}
+
+/// As [`detect`], but None when no byte came in time (rather than opaque).
+pub(crate) async fn sniff_first_bytes(tcp: &TcpStream) -> Option<Protocol> {
     let deadline = tokio::time::Instant::now() + DETECT_TIMEOUT;
-    let mut buf = [0u8; 24];
+    let mut buf = [0u8; DETECT_PEEK];
+    let mut seen = 0;
     loop {
         match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {
+                seen = n;
                 if let Some(p) = classify(&buf[..n]) {
-                    return p;
+                    return Some(p);
                 }
-                // A partial method or preface: wait for more.
+                if n == buf.len() {
+                    return Some(classify_undecided(&buf[..n]));
+                }
+                // A partial request line or preface: wait for more.
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            _ => return Protocol::Opaque,
+            // Closed or failed: nothing to proxy either way.
+            Ok(_) => return Some(Protocol::Opaque),
+            Err(_) if seen == 0 => return None,
+            Err(_) => return Some(classify_undecided(&buf[..seen])),
         }
         if tokio::time::Instant::now() >= deadline {
-            return Protocol::Opaque;
+            return Some(classify_undecided(&buf[..seen]));
+        }
+    }
+}
+
+/// The HTTP version on a connection to a port declared HTTP: HTTP/2 if it
+/// opens with the preface, HTTP/1 otherwise (whatever is not HTTP gets the
+/// HTTP/1 parser's 400). No timeout turns it into TCP; a client silent for
+/// [`DECLARED_FIRST_BYTES_TIMEOUT`] gets None (close it).
+pub(crate) async fn detect_declared_http(tcp: &TcpStream) -> Option<Protocol> {
+    let deadline = tokio::time::Instant::now() + DECLARED_FIRST_BYTES_TIMEOUT;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(n)) if n == H2_PREFACE.len() || !H2_PREFACE.starts_with(&buf[..n]) => {
+                return Some(if buf[..n] == *H2_PREFACE { Protocol::Http2 } else { Protocol::Http1 });
+            }
+            // A part of the preface: wait for the rest. Peeking sees the same
+            // bytes until more come, so the pauses grow: a client stalled
+            // mid-preface costs a few wake-ups a second, not a thousand.
+            Ok(Ok(_)) if tokio::time::Instant::now() + pause >= deadline => return None,
+            Ok(Ok(_)) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
         }
     }
 }
@@ -102,11 +196,14 @@ pub fn original_destination(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
 pub struct Drain {
     pub draining: watch::Sender<bool>,
     pub open: AtomicUsize,
+    /// SIGTERM arrived: readiness fails, traffic is still served as before
+    /// until draining starts (`--drain-delay`).
+    pub terminating: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Drain {
     fn default() -> Self {
-        Drain { draining: watch::channel(false).0, open: AtomicUsize::new(0) }
+        Drain { draining: watch::channel(false).0, open: AtomicUsize::new(0), terminating: Default::default() }
     }
 }
 
@@ -144,8 +241,9 @@ pub(crate) async fn wait_draining(draining: &mut watch::Receiver<bool>) {
 }
 
 /// Accepts connections until the task is stopped, each handled on its own
-/// task and counted as open in `drain` while it lasts.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, drain: Arc<Drain>, listener_name: &'static str, handle: F)
+/// task and counted as open in `drain` and in `stats` while it lasts. A
+/// connection past `max_connections` open is closed at once (and counted).
+pub async fn accept_loop<F, Fut>(listener: TcpListener, drain: Arc<Drain>, listener_name: &'static str, max_connections: usize, stats: crate::limits::ListenerStats, handle: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -160,10 +258,15 @@ where
                 continue;
             }
         };
+        let Some(slot) = crate::limits::ActiveConnection::admit(&stats, max_connections) else {
+            tracing::debug!(listener = listener_name, %peer, max_connections, "listener full; connection closed");
+            continue;
+        };
         drain.open.fetch_add(1, Ordering::AcqRel);
         let (drain, work) = (Arc::clone(&drain), handle(tcp, peer));
         tokio::spawn(async move {
             let _open = OpenGuard(&drain.open);
+            let _slot = slot;
             work.await;
         });
     }
@@ -194,6 +297,8 @@ pub struct Outbound {
     pub(crate) handles: crate::metrics::HandleCache,
     /// Idle connections of the HTTP/1 fast path.
     pub(crate) h1_pool: crate::h1_forward::UpstreamPool,
+    /// Bounds on the app's connections (`sidecar run` flags).
+    pub limits: crate::limits::Limits,
 }
 
 /// A reply the proxy makes itself (no route, no healthy upstream, …).
@@ -222,13 +327,14 @@ impl Outbound {
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
-        Outbound { config, balancers: Balancers::default(), metrics, captured, workload, revision, drain, mesh, http1, http2, mesh_connections: Default::default(), handles: Default::default(), h1_pool: Default::default() }
+        Outbound { config, balancers: Balancers::default(), metrics, captured, workload, revision, drain, mesh, http1, http2, mesh_connections: Default::default(), handles: Default::default(), h1_pool: Default::default(), limits: Default::default() }
     }
 
     /// Accepts until the task is stopped (after the drain).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let drain = Arc::clone(&self.drain);
-        accept_loop(listener, drain, "outbound", move |tcp, peer| {
+        let (max, stats) = (self.limits.max_connections, self.metrics.limits.outbound.clone());
+        accept_loop(listener, drain, "outbound", max, stats, move |tcp, peer| {
             let this = Arc::clone(&self);
             async move { this.connection(tcp, peer).await }
         })
@@ -245,7 +351,18 @@ impl Outbound {
                 return;
             }
         };
-        match detect(&tcp).await {
+        // A destination the control plane declares HTTP keeps its routes,
+        // retries and mTLS however its first bytes come: never raw TCP.
+        let declared_http = self.config.borrow().declared_http(&destination);
+        let protocol = if declared_http {
+            match detect_declared_http(&tcp).await {
+                Some(p) => p,
+                None => return tracing::debug!(%peer, %destination, "silent client on a port declared HTTP; closed"),
+            }
+        } else {
+            detect(&tcp).await
+        };
+        match protocol {
             Protocol::Opaque => self.tcp_proxy(tcp, destination).await,
             Protocol::Http1 => self.serve_http1(tcp, destination).await,
             Protocol::Http2 => self.serve_http(tcp, destination, Protocol::Http2).await,
@@ -263,23 +380,31 @@ impl Outbound {
             let this = Arc::clone(&this);
             async move { Ok::<_, std::convert::Infallible>(this.request(req, destination).await) }
         });
+        let (tcp, traffic) = crate::limits::Watched::new(tcp);
         let io = TokioIo::new(tcp);
+        let stats = &self.metrics.limits.outbound;
         if protocol == Protocol::Http1 {
             // Draining closes HTTP/1 connections through `Connection: close` on responses.
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-            return;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            self.limits.hyper_http1(&mut builder);
+            return crate::limits::serve_watched(builder.serve_connection(io, service), &traffic, &self.limits, stats, crate::limits::hyper_error).await;
         }
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        self.limits.hyper_http2(&mut builder);
+        let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
         let mut draining = self.drain.draining.subscribe();
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = wait_draining(&mut draining) => {
-                // GOAWAY: streams in flight finish, new ones go to a new connection.
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+        let serving = async {
+            tokio::select! {
+                served = conn.as_mut() => served,
+                _ = wait_draining(&mut draining) => {
+                    // GOAWAY: streams in flight finish, new ones go to a new connection.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
             }
-        }
+        };
+        crate::limits::serve_watched(serving, &traffic, &self.limits, stats, crate::limits::hyper_error).await
     }
 
     pub(crate) fn request_labels(&self, service: &str, code: u16) -> RequestLabels {
@@ -296,6 +421,16 @@ impl Outbound {
     async fn request(&self, req: Request<Incoming>, destination: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let version = req.version();
+        if let Some((status, why)) = refusal(&req) {
+            let mut response = text_response(status, why);
+            if version < hyper::Version::HTTP_2 {
+                // What follows the head may be a tunnel's or a mis-framed body's bytes.
+                response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            }
+            let code = status.as_u16();
+            self.handles.record(BLACKHOLE, code, || self.request_labels(BLACKHOLE, code), &self.metrics, started.elapsed().as_secs_f64() * 1000.0);
+            return response;
+        }
         let host = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)).unwrap_or_default();
         let config = self.config.borrow().clone();
         let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
@@ -378,13 +513,15 @@ impl Outbound {
             parts.headers.insert(hyper::header::HOST, h);
         }
         // A body can be replayed only if it was kept.
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (buffered, mut streaming) = if route.retry.as_ref().is_some_and(|r| r.attempts > 0) {
             match Limited::new(body, RETRY_BUFFER).collect().await {
                 Ok(b) => (Some(b.to_bytes()), None),
-                Err(_) => return text_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large to retry\n"),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => return text_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large to retry\n"),
+                Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("the request body is malformed or incomplete: {e}\n")),
             }
         } else {
-            (None, Some(body))
+            (None, Some(ClientBody { inner: body, broken: Arc::clone(&broken) }))
         };
         let hash_key = parts.headers.get("x-revmesh-hash-key").map_or(0, |v| hash_key(v.as_bytes()));
         let sent = self.attempts(route, cluster, hash_key, |endpoint, last| {
@@ -396,18 +533,29 @@ impl Outbound {
             upstream_parts.version = if cluster.http2 || meshed.is_some() { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
             let body: Body = match (&buffered, streaming.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed_unsync(),
-                (None, Some(s)) => s.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                (None, Some(s)) => s.boxed_unsync(),
                 (None, None) => return Err(LocalReply::new(StatusCode::BAD_GATEWAY, "request body already sent\n")),
             };
             let upstream = Request::from_parts(upstream_parts, body);
+            let broken = Arc::clone(&broken);
+            // An exchange that failed because the app's body broke is the app's
+            // error: a 400, not a failure of the endpoint (outlier detection
+            // and retries never see it).
+            let blame = move |e: String| {
+                if broken.load(Ordering::Acquire) {
+                    Failure::Client(LocalReply::new(StatusCode::BAD_REQUEST, format!("the request body is malformed or incomplete: {e}\n")))
+                } else {
+                    Failure::Upstream(e)
+                }
+            };
             Ok(async move {
                 let response: Response<Body> = match meshed {
                     Some((identity, mesh)) => {
                         let mut sender = self.mesh_sender(mesh, endpoint, identity, cluster.connect_timeout).await?;
-                        let response = crate::mesh_h2::round_trip(&mut sender, upstream).await.map_err(|e| e.to_string())?;
+                        let response = crate::mesh_h2::round_trip(&mut sender, upstream).await.map_err(|e| blame(e.to_string()))?;
                         response.map(|b| crate::mesh_h2::RecvBody::new(b).map_err(|e| Box::new(e) as BoxError).boxed_unsync())
                     }
-                    None => self.client(cluster.http2).request(upstream).await.map_err(|e| e.to_string())?.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+                    None => self.client(cluster.http2).request(upstream).await.map_err(|e| blame(e.to_string()))?.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
                 };
                 let code = response.status().as_u16();
                 Ok((response, code))
@@ -429,7 +577,7 @@ impl Outbound {
     pub(crate) async fn attempts<R, F, Fut>(&self, route: &RouteRule, cluster: &ClusterConfig, hash_key: u64, mut send: F) -> Result<R, LocalReply>
     where
         F: FnMut(SocketAddr, bool) -> Result<Fut, LocalReply>,
-        Fut: std::future::Future<Output = Result<(R, u16), String>>,
+        Fut: std::future::Future<Output = Result<(R, u16), Failure>>,
     {
         let state = self.balancers.of(cluster);
         let max_attempts = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
@@ -456,6 +604,11 @@ impl Outbound {
                     }
                     (retriable, Ok(answer))
                 }
+                Err(Some(Failure::Client(reply))) => {
+                    // Says nothing about the endpoint's health; not retried.
+                    state.abandoned(endpoint);
+                    return Err(reply);
+                }
                 Err(timeout_or_error) => {
                     if state.finished(endpoint, true, cluster.endpoints.len(), Instant::now()) {
                         self.metrics.ejections.inc();
@@ -463,7 +616,8 @@ impl Outbound {
                     let retriable = route.retry.as_ref().is_some_and(|p| p.on_connect_failure || p.on_5xx);
                     match timeout_or_error {
                         None => (false, Err(LocalReply::new(StatusCode::GATEWAY_TIMEOUT, format!("upstream {endpoint} timed out\n")))),
-                        Some(e) => (retriable, Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, format!("upstream {endpoint}: {e}\n")))),
+                        Some(Failure::Upstream(e)) => (retriable, Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, format!("upstream {endpoint}: {e}\n")))),
+                        Some(Failure::Client(reply)) => (false, Err(reply)),
                     }
                 }
             };
@@ -508,7 +662,7 @@ impl Outbound {
                     return;
                 };
                 self.metrics.tcp_opened.get_or_create(&labels).inc();
-                tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await
+                crate::limits::copy_until_idle(&mut inbound, &mut upstream, &self.limits, &self.metrics.limits.outbound).await
             }
             None => {
                 let Ok(Ok(mut upstream)) = tokio::time::timeout(connect_timeout, TcpStream::connect(target)).await else {
@@ -517,7 +671,7 @@ impl Outbound {
                 };
                 let _ = upstream.set_nodelay(true);
                 self.metrics.tcp_opened.get_or_create(&labels).inc();
-                tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await
+                crate::limits::copy_until_idle(&mut inbound, &mut upstream, &self.limits, &self.metrics.limits.outbound).await
             }
         };
         if let Ok((sent, received)) = copied {
@@ -526,6 +680,80 @@ impl Outbound {
         }
         self.metrics.tcp_closed.get_or_create(&labels).inc();
     }
+}
+
+/// Why an attempt got no usable answer.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The upstream's fault (no connection, a reset, a bad answer): counted
+    /// by outlier detection, and retried per the route's policy.
+    Upstream(String),
+    /// The client's (its request body broke): answered as it is, never
+    /// counted against the endpoint nor retried.
+    Client(LocalReply),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Upstream(e)
+    }
+}
+
+/// A client's request body that notes whether reading it failed (bad chunked
+/// framing, a client gone mid-upload): whatever error the exchange with the
+/// upstream then reports is the client's.
+struct ClientBody {
+    inner: Incoming,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
+            self.broken.store(true, Ordering::Release);
+        }
+        polled.map(|frame| frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the HTTP/1 fast path's parser refuses, refused on hyper's path too
+/// (it serves the connections handed to it, and HTTP/2): CONNECT (no route
+/// allows it: 404, as Envoy), transfer codings other than one `chunked`
+/// (501), and a missing, repeated or invalid Host, or one a Connection
+/// header names (400).
+pub(crate) fn refusal(req: &Request<Incoming>) -> Option<(StatusCode, &'static str)> {
+    use hyper::header::{CONNECTION, HOST, TRANSFER_ENCODING};
+    if req.method() == hyper::Method::CONNECT {
+        return Some((StatusCode::NOT_FOUND, "no route allows CONNECT\n"));
+    }
+    if req.version() >= hyper::Version::HTTP_2 {
+        return None;
+    }
+    let headers = req.headers();
+    if headers.contains_key(TRANSFER_ENCODING) && !crate::http1::only_chunked(headers.get_all(TRANSFER_ENCODING).iter().map(|v| v.as_bytes())) {
+        return Some((StatusCode::NOT_IMPLEMENTED, "only a single `chunked` transfer coding is supported\n"));
+    }
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Some((StatusCode::BAD_REQUEST, "more than one Host header\n")),
+        (None, None) if req.version() == hyper::Version::HTTP_11 && req.uri().authority().is_none() => return Some((StatusCode::BAD_REQUEST, "an HTTP/1.1 request without Host\n")),
+        (Some(h), None) if !crate::http1::valid_host(h.as_bytes()) => return Some((StatusCode::BAD_REQUEST, "an invalid Host\n")),
+        _ => {}
+    }
+    let names_host = headers.get_all(CONNECTION).iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).any(|t| t.trim_ascii().eq_ignore_ascii_case(b"host"));
+    names_host.then_some((StatusCode::BAD_REQUEST, "a Connection header names Host\n"))
 }
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1).
@@ -537,7 +765,15 @@ pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     if !headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
         return;
     }
-    let named: Vec<String> = headers.get_all(hyper::header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase())).collect();
+    // Content-Length and Host stay even when named: a Connection header must
+    // not take away a body's framing or a request's authority.
+    let named: Vec<String> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .filter(|n| n != "content-length" && n != "host")
+        .collect();
     for name in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
         headers.remove(name);
     }
@@ -575,13 +811,29 @@ mod tests {
     #[test]
     fn detection_by_first_bytes() {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
-        assert_eq!(classify(b"POST /x"), Some(Protocol::Http1));
+        assert_eq!(classify(b"POST /x"), None, "the request line is not complete yet");
         assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(classify(b"GE"), None, "too short to tell");
+        assert_eq!(classify(b""), None);
         assert_eq!(classify(b"PRI * HT"), None);
         assert_eq!(classify(&[0x16, 0x03, 0x01]), Some(Protocol::Opaque), "TLS from the app");
         assert_eq!(classify(b"\x00\x00\x00\x08"), Some(Protocol::Opaque));
-        assert_eq!(classify(b"GETX"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"GETX / HTTP/1.1\r\n"), Some(Protocol::Http1), "an extension method");
+        assert_eq!(classify(b"get / HTTP/1.1\r\n"), Some(Protocol::Http1), "methods are case-sensitive tokens");
+        assert_eq!(classify(b"M-SEARCH * HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"\r\n\r\nGET / HTTP/1.1\r\n"), Some(Protocol::Http1), "leading empty lines");
+        assert_eq!(classify(b"\r\n"), None);
+        assert_eq!(classify(b"GET /abc"), None, "a request line still arriving");
+        assert_eq!(classify(b"SET k v\r\n"), Some(Protocol::Opaque), "Redis inline: not a request line");
+        assert_eq!(classify(b"EHLO x\r\n"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"GET  / HTTP/1.1"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"GET / http/1.1\r\n"), Some(Protocol::Http1), "lenient apps read it; the parser refuses it");
+        assert_eq!(classify(b"GET / FTP/1.0\r\n"), Some(Protocol::Opaque));
+        // A client that stalls mid-line is still HTTP; silence is opaque.
+        assert_eq!(classify_undecided(b"GE"), Protocol::Http1);
+        assert_eq!(classify_undecided(b"PRI * HT"), Protocol::Http2);
+        assert_eq!(classify_undecided(b""), Protocol::Opaque);
+        assert_eq!(classify_undecided(b"\r\n"), Protocol::Opaque);
     }
 
     #[test]

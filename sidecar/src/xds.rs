@@ -10,6 +10,7 @@
 //!   (`initial_resource_versions`), so only the differences are resent.
 
 use crate::config::{self, ProxyConfig, Resources, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
@@ -29,6 +30,39 @@ pub struct XdsTarget {
     /// TLS (port 15012): the mesh root and the name the server's certificate
     /// carries. None: plaintext (15010, local development).
     pub tls: Option<(String, String)>,
+    /// Who the proxy is and how it proves it.
+    pub credentials: Option<XdsCredentials>,
+}
+
+/// The workload identity the proxy claims to the control plane, and the token
+/// that proves it.
+#[derive(Debug, Clone)]
+pub struct XdsCredentials {
+    /// The projected service-account token (audience revmesh-ca): sent over TLS
+    /// only, and read again for every stream because kubelet rotates it.
+    pub token: std::path::PathBuf,
+    /// Claimed in node metadata `NAMESPACE` and `SERVICE_ACCOUNT` (Istio's
+    /// names); the control plane refuses a claim the token does not prove.
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl XdsCredentials {
+    fn claim(&self, node: &mut Node) {
+        let fields = &mut node.metadata.get_or_insert_with(Default::default).fields;
+        for (key, value) in [("NAMESPACE", &self.namespace), ("SERVICE_ACCOUNT", &self.service_account)] {
+            fields.insert(key.to_string(), Value { kind: Some(Kind::StringValue(value.clone())) });
+        }
+    }
+}
+
+/// `Bearer <token>` from the token file, as gRPC metadata.
+fn bearer(path: &std::path::Path) -> anyhow::Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    let token = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading the service-account token {} for xDS: {e}", path.display()))?;
+    let token = token.trim();
+    anyhow::ensure!(!token.is_empty(), "the service-account token file {} is empty", path.display());
+    // The token itself never goes into the error: errors reach the logs.
+    format!("Bearer {token}").parse().map_err(|_| anyhow::anyhow!("the token in {} holds characters a gRPC header cannot carry", path.display()))
 }
 
 /// The proxy as the control plane sees it.
@@ -39,6 +73,9 @@ pub struct NodeInfo {
     pub outbound_address: std::net::SocketAddr,
     pub captured: bool,
     pub instance_ips: Vec<std::net::IpAddr>,
+    /// The proxy build's version as reported to the control plane
+    /// (node metadata `REVMESH_PROXY_VERSION` and the user agent version).
+    pub proxy_version: String,
 }
 
 impl NodeInfo {
@@ -48,11 +85,19 @@ impl NodeInfo {
             ("REVMESH_REVISION".to_string(), s(self.revision.clone())),
             ("REVMESH_OUTBOUND_ADDRESS".to_string(), s(self.outbound_address.to_string())),
             ("REVMESH_INTERCEPTION".to_string(), s(if self.captured { "REDIRECT" } else { "NONE" }.into())),
+            ("REVMESH_PROXY_VERSION".to_string(), s(self.proxy_version.clone())),
         ]);
         if !self.instance_ips.is_empty() {
             fields.insert("INSTANCE_IPS".into(), s(self.instance_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")));
         }
-        Node { id: self.id.clone(), cluster: "revmesh".into(), metadata: Some(Struct { fields }), ..Default::default() }
+        Node {
+            id: self.id.clone(),
+            cluster: "revmesh".into(),
+            metadata: Some(Struct { fields }),
+            user_agent_name: "revmesh-sidecar".into(),
+            user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(self.proxy_version.clone())),
+            ..Default::default()
+        }
     }
 }
 
@@ -131,8 +176,15 @@ pub async fn run(target: XdsTarget, node: NodeInfo, out: watch::Sender<Arc<Proxy
     let mut held = Held::default();
     let mut attempt = 0u32;
     loop {
+        let acks_before = status.acks.load(Ordering::Relaxed);
         let result = session(&target, &node, &mut held, &out, &status).await;
         status.connected.store(false, Ordering::Relaxed);
+        // A stream that delivered config was a success: the next outage
+        // (a control-plane pod replaced, say) starts again from the shortest
+        // wait, as Envoy resets its backoff on a response.
+        if status.acks.load(Ordering::Relaxed) != acks_before {
+            attempt = 0;
+        }
         match result {
             Ok(()) => tracing::warn!("the control plane closed the xDS stream; keeping the last config"),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "xDS stream failed; keeping the last config"),
@@ -140,9 +192,6 @@ pub async fn run(target: XdsTarget, node: NodeInfo, out: watch::Sender<Arc<Proxy
         let wait = backoff(attempt);
         attempt = attempt.saturating_add(1);
         tokio::time::sleep(wait).await;
-        if status.synced.load(Ordering::Relaxed) && attempt > 8 {
-            attempt = 8;
-        }
     }
 }
 
@@ -156,7 +205,11 @@ async fn session(target: &XdsTarget, node: &NodeInfo, held: &mut Held, out: &wat
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
     // Wildcards first (the node rides on the first request), then the named
     // types the proxy already holds, so the server knows what not to resend.
-    tx.send(subscribe(CLUSTER_TYPE, held, Vec::new(), Some(node.node()))).await?;
+    let mut claimed = node.node();
+    if let Some(c) = &target.credentials {
+        c.claim(&mut claimed);
+    }
+    tx.send(subscribe(CLUSTER_TYPE, held, Vec::new(), Some(claimed))).await?;
     tx.send(subscribe(LISTENER_TYPE, held, Vec::new(), None)).await?;
     let mut subscribed: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
     for type_url in [ENDPOINT_TYPE, ROUTE_TYPE] {
@@ -166,7 +219,11 @@ async fn session(target: &XdsTarget, node: &NodeInfo, held: &mut Held, out: &wat
         }
         subscribed.insert(type_url, names);
     }
-    let mut inbound = client.delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let (Some(c), Some(_)) = (&target.credentials, &target.tls) {
+        call.metadata_mut().insert("authorization", bearer(&c.token)?);
+    }
+    let mut inbound = client.delta_aggregated_resources(call).await?.into_inner();
     status.connected.store(true, Ordering::Relaxed);
     tracing::info!(control_plane = %target.address, "xDS stream open");
     while let Some(resp) = inbound.message().await? {
@@ -217,6 +274,24 @@ mod tests {
     use envoy_types::pb::google::protobuf::Any;
 
     #[test]
+    fn the_node_reports_the_proxy_version_in_metadata_and_user_agent() {
+        let info = NodeInfo {
+            id: "sidecar~10.0.0.7~app-1.apps~apps.svc.cluster.local".into(),
+            revision: "1-25-2".into(),
+            outbound_address: "0.0.0.0:15001".parse().unwrap(),
+            captured: true,
+            instance_ips: vec![],
+            proxy_version: "1.25.2".into(),
+        };
+        let node = info.node();
+        let meta = &node.metadata.as_ref().unwrap().fields;
+        assert_eq!(meta["REVMESH_PROXY_VERSION"].kind, Some(Kind::StringValue("1.25.2".into())));
+        assert_eq!(meta["REVMESH_REVISION"].kind, Some(Kind::StringValue("1-25-2".into())));
+        assert_eq!(node.user_agent_name, "revmesh-sidecar");
+        assert_eq!(node.user_agent_version_type, Some(UserAgentVersionType::UserAgentVersion("1.25.2".into())));
+    }
+
+    #[test]
     fn responses_apply_to_a_copy_with_versions_and_removals() {
         let held = Held::default();
         let resp = DeltaDiscoveryResponse {
@@ -231,6 +306,35 @@ mod tests {
         assert!(gone.resources[CLUSTER_TYPE].is_empty());
         let req = subscribe(CLUSTER_TYPE, &next, Vec::new(), None);
         assert_eq!(req.initial_resource_versions["a"], "v1", "a reconnect declares what it holds");
+    }
+
+    #[test]
+    fn the_token_is_read_for_every_stream() {
+        let dir = std::env::temp_dir().join(format!("sidecar-xds-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("token");
+        std::fs::write(&path, "first-token\n").expect("write");
+        assert_eq!(bearer(&path).expect("token").to_str().expect("ascii"), "Bearer first-token");
+        // Kubelet rotated it: the next stream sends the new one.
+        std::fs::write(&path, "second-token").expect("write");
+        assert_eq!(bearer(&path).expect("token").to_str().expect("ascii"), "Bearer second-token");
+        std::fs::write(&path, "  \n").expect("write");
+        assert!(bearer(&path).expect_err("empty").to_string().contains("is empty"));
+        std::fs::write(&path, "bad\u{7f}token").expect("write");
+        let err = bearer(&path).expect_err("not a header value").to_string();
+        assert!(!err.contains("bad"), "the token must not reach the error: {err}");
+        assert!(bearer(&dir.join("missing")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_node_claims_the_credentials_identity() {
+        let creds = XdsCredentials { token: "unused".into(), namespace: "shop".into(), service_account: "web".into() };
+        let mut node = Node { id: "sidecar~10.0.0.1~web-0.shop~shop.svc.cluster.local".into(), ..Default::default() };
+        creds.claim(&mut node);
+        let field = |k: &str| node.metadata.as_ref().and_then(|m| m.fields.get(k)).and_then(|v| v.kind.clone());
+        assert_eq!(field("NAMESPACE"), Some(Kind::StringValue("shop".into())));
+        assert_eq!(field("SERVICE_ACCOUNT"), Some(Kind::StringValue("web".into())));
     }
 
     #[test]

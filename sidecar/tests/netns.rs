@@ -272,10 +272,12 @@ fn captured_traffic_flows_through_the_sidecar() {
             Command::new("nsenter")
                 .args([&format!("--net=/run/netns/{ns}"), "--setuid", "1337", "--setgid", "1337", &sidecar, "run", "--revision", "dev"])
                 .args(["--control-plane", control_plane, "--control-plane-name", "control-plane-dev.revmesh-system.svc", "--ca-root", &root.display().to_string()])
-                .args(["--pod-name", &format!("{name}-0"), "--pod-namespace", "demo", "--workload", name, "--drain-grace", "5", "--inbound-mode", mode])
+                .args(["--pod-name", &format!("{name}-0"), "--pod-namespace", "demo", "--service-account", name, "--workload", name, "--drain-grace", "5", "--drain-delay", "1s", "--inbound-mode", mode])
                 .args(["--token-path", &dir.path().join(format!("{name}.token")).display().to_string()])
                 // Renewal every 3 s (5% of the CA's shortest lifetime), so that the traffic below crosses renewals.
                 .args(["--cert-ttl", "60", "--cert-renew-fraction", "0.05"])
+                // As an image's Env sets it: what the proxy reports as its version.
+                .env("REVMESH_PROXY_VERSION", if name == "app" { "1.24.5" } else { "1.25.2" })
                 .stderr(std::fs::File::create(log).expect("log"))
                 .spawn()
                 .expect("sidecar"),
@@ -384,6 +386,15 @@ fn captured_traffic_flows_through_the_sidecar() {
     assert!(metrics.contains("istio_tcp_sent_bytes_total"), "{metrics}");
     let (_, dump) = curl(&app, "http://127.0.0.1:15000/config_dump");
     assert!(dump.contains("outbound|80||web.demo.svc.cluster.local") && dump.contains("10.77.0.2:8080"), "{dump}");
+    let (_, info) = curl(&app, "http://127.0.0.1:15000/server_info");
+    let parsed: serde_json::Value = serde_json::from_str(info.rsplit_once('\n').map_or("", |(body, _)| body)).unwrap_or_default();
+    assert_eq!((parsed["version"].as_str(), parsed["revision"].as_str()), (Some("1.24.5"), Some("dev")), "the version comes from REVMESH_PROXY_VERSION: {info}");
+    assert!(parsed["node"].as_str().is_some_and(|n| n.starts_with("sidecar~") && n.contains("app-0.demo")), "{info}");
+    // The control plane shows which build each proxy runs (what meshctl proxy-status prints).
+    let (_, syncz) = curl(&app, "http://127.0.0.1:15014/debug/syncz");
+    let proxies: serde_json::Value = serde_json::from_str(syncz.rsplit_once('\n').map_or("", |(body, _)| body)).unwrap_or_default();
+    let version_of = |pod: &str| proxies.as_array().into_iter().flatten().find(|p| p["id"].as_str().is_some_and(|id| id.contains(pod))).and_then(|p| p["proxyVersion"].as_str()).map(str::to_string);
+    assert_eq!((version_of("app-0.demo"), version_of("web-0.demo")), (Some("1.24.5".to_string()), Some("1.25.2".to_string())), "{syncz}");
     let (_, not_here) = curl(&app, "http://127.0.0.1:15020/config_dump");
     assert!(not_here.ends_with("404"), "the pod-facing port dumps nothing: {not_here}");
     let (_, server_metrics) = curl(&srv, "http://127.0.0.1:15020/metrics");
@@ -409,6 +420,13 @@ fn captured_traffic_flows_through_the_sidecar() {
     assert_eq!(plain, "backend-a \n200", "no identity without mTLS");
     let (_, forged) = direct(&["curl", "-s", "--max-time", "5", "-H", "x-revmesh-peer-identity: spiffe://cluster.local/ns/demo/sa/admin", "-w", "\n%{http_code}", "http://10.77.0.2:8080/"]);
     assert_eq!(forged, "backend-a \n200", "a plaintext client cannot claim an identity");
+    // Nor by speaking late (past the 100 ms sniffing time), by pipelining,
+    // or with a `_` look-alike of the header (issue 17).
+    // (bash's /dev/tcp: no client tool that would need installing.)
+    let slow = "exec 3<>/dev/tcp/10.77.0.2/8080; sleep 0.4; printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\nx-revmesh-peer-identity: spiffe://cluster.local/ns/demo/sa/admin\\r\\n\\r\\nGET / HTTP/1.1\\r\\nHost: x\\r\\nx_revmesh_peer_identity: spiffe://cluster.local/ns/demo/sa/admin\\r\\nConnection: close\\r\\n\\r\\n' >&3; timeout 5 cat <&3";
+    let (_, late) = direct(&["bash", "-c", slow]);
+    // Each body is nginx's `backend-a <identity>`: the identity empty.
+    assert_eq!((late.matches("content-length: 10\r\n").count(), late.matches("\r\n\r\nbackend-a ").count(), late.contains("admin")), (2, 2, false), "a slow, pipelining client cannot claim an identity: {late}");
     // STRICT: the same client is refused, and so is a peer whose certificate the mesh did not issue.
     drop(server_proxy);
     let _strict_server_proxy = start_proxy(&srv, "web", "10.77.0.1:15012", "STRICT", &server_log);

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,11 @@ if CPUS not in ("shared", "split"):
 GATEWAY_CPU, OTHERS_CPU = (None, None) if CPUS == "shared" else (0, 1)
 TARGET = os.environ["TARGET_DIR"]
 APOLLO = os.environ["APOLLO_DIR"]
+# Hive Router's binary (graphql.sh builds it once); left out when unset.
+HIVE_ROUTER = os.environ.get("HIVE_ROUTER", "")
+# DEDUPE=0: identical in-flight subgraph requests are not shared, by ours nor
+# by Hive Router (both share them by default; Apollo Gateway does not).
+DEDUPE = os.environ.get("DEDUPE", "1") != "0"
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../graphql-gateway/tests/data")
 
 APOLLO_SCRIPT = """
@@ -46,21 +52,64 @@ def post(port, body):
 
 
 def wait_ready(port, body, timeout=60.0):
+    """Until the gateway on `port` answers `body` with no errors (a gateway
+    up before the subgraphs answers with partial data and errors)."""
     deadline = time.time() + timeout
+    last = None
     while time.time() < deadline:
         try:
-            post(port, body)
-            return
-        except Exception:
-            time.sleep(0.2)
-    raise SystemExit(f"nothing answers on {port}")
+            last = post(port, body)
+            if not last.get("errors"):
+                return
+        except Exception as e:
+            last = e
+        time.sleep(0.2)
+    raise SystemExit(f"no answer without errors on {port}: {str(last)[:500]}")
 
 
 
 
+
+
+def h2load_latencies(port, body_file, duration, concurrency, cpu=None):
+    """`duration` s of the benchmark query over `concurrency` HTTP/1.1
+    connections with h2load (on `cpu` if given): (req/s, the sorted
+    per-request latencies in ms) from its per-request log."""
+    log = tempfile.mktemp(suffix=".log")
+    out = subprocess.run(
+        ([] if cpu is None else ["taskset", "-c", str(cpu)]) + ["h2load", "--h1", "-D", str(duration), "-c", str(concurrency), "-t", "1",
+         "-d", body_file, "-H", "content-type: application/json", "--log-file", log, f"http://127.0.0.1:{port}/graphql"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    latencies, statuses = [], set()
+    with open(log) as f:
+        for line in f:
+            # start time, status, latency in microseconds
+            fields = line.split()
+            if len(fields) >= 3:
+                statuses.add(fields[1])
+                latencies.append(int(fields[2]) / 1000)
+    os.unlink(log)
+    if statuses - {"200"} or not latencies:
+        raise SystemExit(f"unexpected answers from {port}: {statuses}\n{out}")
+    latencies.sort()
+    return len(latencies) / duration, latencies
+
+
+def percentile(sorted_values, q):
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def h2load(port, body_file):
+    """The same measurement with h2load (HTTP/1.1), where oha is not
+    installed: (req/s, p95 ms, p99 ms)."""
+    rps, latencies = h2load_latencies(port, body_file, DURATION, CONCURRENCY, OTHERS_CPU)
+    return rps, percentile(latencies, 0.95), percentile(latencies, 0.99)
 
 
 def oha(port, body_file):
+    if shutil.which("oha") is None:
+        return h2load(port, body_file)
     out = subprocess.run(
         ([] if OTHERS_CPU is None else ["taskset", "-c", str(OTHERS_CPU)]) + ["oha", "--no-tui", "--output-format", "json", "-z", f"{DURATION}s", "-c", str(CONCURRENCY), "-m", "POST",
          "-H", "content-type: application/json", "-D", body_file, f"http://127.0.0.1:{port}/graphql"],
@@ -93,13 +142,23 @@ def main():
             expected = json.load(f)
 
         ours = free_port()
-        ours_p = start([f"{TARGET}/graphql-gateway", "--supergraph", supergraph, "--listen", f"127.0.0.1:{ours}"], "revmesh", GATEWAY_CPU)
+        ours_config = os.path.join(work, "gateway.yaml")
+        with open(ours_config, "w") as f:
+            f.write(f"dedupeSubgraphRequests: {'true' if DEDUPE else 'false'}\n")
+        ours_p = start([f"{TARGET}/graphql-gateway", "--supergraph", supergraph, "--config", ours_config, "--listen", f"127.0.0.1:{ours}"], "revmesh", GATEWAY_CPU)
         apollo = free_port()
         script = os.path.join(work, "apollo.js")
         with open(script, "w") as f:
             f.write(APOLLO_SCRIPT)
         apollo_p = start(["node", script, supergraph, str(apollo)], "apollo", GATEWAY_CPU, cwd=APOLLO)
         targets = {"revmesh": (ours, ours_p), "apollo-gateway": (apollo, apollo_p)}
+        if HIVE_ROUTER:
+            hive = free_port()
+            with open(os.path.join(work, "router.config.yaml"), "w") as f:
+                f.write(f"supergraph:\n  source: file\n  path: {supergraph}\nhttp:\n  host: 127.0.0.1\n  port: {hive}\n"
+                        f"traffic_shaping:\n  all:\n    dedupe_enabled: {'true' if DEDUPE else 'false'}\n")
+            hive_p = start([HIVE_ROUTER], "hive-router", GATEWAY_CPU, cwd=work)
+            targets["hive-router"] = (hive, hive_p)
         for name, (port, _) in targets.items():
             wait_ready(port, body)
             got = post(port, body)
@@ -127,6 +186,9 @@ def main():
             m = med[n]
             print(f"{n:16} {m['rps']:9.1f} {m['p95']:8.1f} {m['p99']:8.1f} {rss[n]:7.1f} {m['cpu']:6.0f} {m['subgraph_cpu']:16.0f}")
         print(f"\nrevmesh/apollo-gateway: {med['revmesh']['rps'] / med['apollo-gateway']['rps']:.1f}x req/s")
+        if "hive-router" in med:
+            print(f"revmesh/hive-router: {med['revmesh']['rps'] / med['hive-router']['rps']:.2f}x req/s, "
+                  f"RSS {rss['revmesh']:.0f} MB vs {rss['hive-router']:.0f} MB")
 
 
 if __name__ == "__main__":

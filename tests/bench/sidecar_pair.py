@@ -88,7 +88,7 @@ def start_revmesh(start, work, target, nginx_port, pki):
                       "--control-plane-name", "control-plane-pair.revmesh-system.svc", "--ca-root", f"{pki}/ca.crt",
                       "--token-path", os.path.join(work, f"pair-{sa}.token"), "--capture", "false",
                       "--outbound-listen", f"{ip}:{outbound}", "--admin-listen", f"{ip}:{admin}", "--metrics-listen", f"{ip}:{metrics}",
-                      "--ready-listen", f"{ip}:{ready}", "--pod-name", f"{sa}-0", "--pod-namespace", "demo", "--workload", sa,
+                      "--ready-listen", f"{ip}:{ready}", "--pod-name", f"{sa}-0", "--pod-namespace", "demo", "--service-account", sa, "--workload", sa,
                       "--log-level", "warn", "--worker-threads", "1", *extra], f"pair-sidecar-{sa}", 0)
 
     server = sidecar("web", SERVER_IP, free_port(), ["--inbound-listen", f"{SERVER_IP}:{inbound}", "--inbound-target", f"127.0.0.1:{nginx_port}",

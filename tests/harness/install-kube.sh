@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager from Debian's `kubernetes`
+# Builds kube-apiserver, kube-controller-manager and the node's kubelet,
+# kube-proxy and kube-scheduler from Debian's `kubernetes`
 # source package (bookworm ships 1.20.x) and caches them outside the clone, so
 # a later run (CI or a developer) reuses them. etcd comes from `etcd-server`.
 #
 # Output: $REVMESH_KUBE_BIN (default $HOME/.cache/revmesh/kube-1.20/bin) holding
-# kube-apiserver, kube-controller-manager; etcd on PATH.
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy;
+# etcd on PATH.
 set -euo pipefail
 
 cache_root="${REVMESH_CACHE:-$HOME/.cache/revmesh}"
@@ -15,10 +17,11 @@ command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 
 # Bump when the build below changes, so cached binaries are rebuilt.
-recipe="2: reflect2 1.0.2 from Debian (1.0.1 faults under Go >= 1.18)"
+recipe="3: reflect2 1.0.2 from Debian (1.0.1 faults under Go >= 1.18); node binaries"
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 cached() {
-  [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/kube-controller-manager" ]] &&
-    [[ "$(cat "$bin_dir/RECIPE" 2>/dev/null)" == "$recipe" ]]
+  for b in "${binaries[@]}"; do [[ -x "$bin_dir/$b" ]] || return 1; done
+  [[ "$(cat "$bin_dir/RECIPE" 2>/dev/null)" == "$recipe" ]]
 }
 
 if cached && [[ ${#need_apt[@]} -eq 0 ]]; then
@@ -57,10 +60,10 @@ rm -f vendor/github.com/modern-go/reflect2/*_test.go
 mkdir -p .go/src/k8s.io
 [[ -e .go/src/k8s.io/kubernetes ]] || ln -s ../../.. .go/src/k8s.io/kubernetes
 export GOPATH="$src/.go" CGO_ENABLED=0 GOFLAGS=-mod=vendor GO111MODULE=on
-echo "install-kube: building kube-apiserver and kube-controller-manager (10-20 min on 2 cores)"
-make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$work/build.log" 2>&1 || {
+echo "install-kube: building ${binaries[*]} (15-25 min on 2 cores)"
+make WHAT="$(printf 'cmd/%s ' "${binaries[@]}")" >"$work/build.log" 2>&1 || {
   tail -40 "$work/build.log"; exit 1; }
 out="$(find "$src/_output" -type f -name kube-apiserver -path '*bin*' | head -1)"
-cp "$(dirname "$out")/kube-apiserver" "$(dirname "$out")/kube-controller-manager" "$bin_dir/"
+for b in "${binaries[@]}"; do cp "$(dirname "$out")/$b" "$bin_dir/"; done
 echo "$recipe" >"$bin_dir/RECIPE"
 echo "install-kube: built into $bin_dir"

@@ -48,10 +48,14 @@ pub struct AdmissionRequest {
 pub enum ReviewError {
     #[error("the body is not JSON: {0}")]
     NotJson(serde_json::Error),
-    #[error("expected apiVersion {API_VERSION} and kind AdmissionReview, got {0:?}/{1:?}")]
+    #[error("expected apiVersion {API_VERSION} and kind AdmissionReview, got {}/{}", shown(.0), shown(.1))]
     WrongKind(Option<String>, Option<String>),
     #[error("the AdmissionReview has no request")]
     NoRequest,
+}
+
+fn shown(field: &Option<String>) -> String {
+    field.as_deref().map_or_else(|| "none".to_string(), crate::echo::quoted)
 }
 
 /// Parses a request body into an AdmissionRequest.
@@ -74,12 +78,19 @@ pub fn allow(uid: &str, patch: Option<&[Value]>) -> Value {
     review(response)
 }
 
+/// A response that lets the object through untouched, with a warning the API
+/// server passes on to the user (kubectl prints it).
+pub fn allow_with_warning(uid: &str, warning: &str) -> Value {
+    review(json!({"uid": uid, "allowed": true, "warnings": [warning]}))
+}
+
 /// A response that refuses the object; the API server shows `message` to the user.
 pub fn deny(uid: &str, message: &str) -> Value {
     review(json!({
         "uid": uid,
         "allowed": false,
-        "status": {"code": 400, "reason": "BadRequest", "message": message},
+        // Messages quote parts of the pod, each cut already; this bounds the whole.
+        "status": {"code": 400, "reason": "BadRequest", "message": crate::echo::cut(message, 4096)},
     }))
 }
 

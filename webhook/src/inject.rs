@@ -73,14 +73,33 @@ pub struct NamespaceContext<'a> {
 pub enum Skip {
     HostNetwork,
     AlreadyInjected,
+    /// The pod already carries another mesh's proxy or init container (named):
+    /// a second proxy would fight the first over the pod's traffic.
+    OtherMesh { container: String },
+    /// Istio's opt-out, `sidecar.istio.io/inject: "false"` (label or
+    /// annotation), honoured so that workloads kept out of Istio stay out of
+    /// Revmesh while a namespace migrates.
+    IstioOptOut,
     Policy(SkipReason),
 }
+
+/// Containers and init containers that other meshes inject: Istio's proxy (a
+/// container, or a native sidecar among the init containers), its init and
+/// CNI validation containers, and Linkerd's proxy, init and CNI validator.
+pub const OTHER_MESH_CONTAINERS: &[&str] = &["istio-proxy", "istio-init", "istio-validation", "linkerd-proxy", "linkerd-init", "linkerd-network-validator"];
+
+/// Istio's per-pod injection switch (a label since Istio 1.10, an annotation before).
+pub const ISTIO_INJECT: &str = "sidecar.istio.io/inject";
 
 impl Skip {
     pub fn explain(&self) -> String {
         match self {
             Skip::HostNetwork => "hostNetwork pods share the node's network and cannot be captured".into(),
             Skip::AlreadyInjected => format!("the pod already carries {STATUS_ANNOTATION} or a {PROXY_CONTAINER} container"),
+            Skip::OtherMesh { container } => {
+                format!("the pod already has another mesh's {container} container; remove that mesh's injection (or label the pod {POD_INJECT_LABEL}=\"false\") before moving it to Revmesh")
+            }
+            Skip::IstioOptOut => format!("{ISTIO_INJECT}=\"false\" opts the pod out of injection (honoured during a migration from Istio)"),
             Skip::Policy(r) => r.explain().into(),
         }
     }
@@ -89,6 +108,8 @@ impl Skip {
         match self {
             Skip::HostNetwork => "host-network",
             Skip::AlreadyInjected => "already-injected",
+            Skip::OtherMesh { .. } => "other-mesh",
+            Skip::IstioOptOut => "istio-opted-out",
             Skip::Policy(SkipReason::SystemNamespace) => "system-namespace",
             Skip::Policy(SkipReason::PodOptedOut) => "pod-opted-out",
             Skip::Policy(SkipReason::NamespaceDisabled) => "namespace-disabled",
@@ -147,6 +168,16 @@ pub fn decide(pod: &Value, ns: NamespaceContext<'_>, workload: Option<Workload>,
     if already {
         return Outcome::Skip(Skip::AlreadyInjected);
     }
+    let other_mesh = containers(spec, "containers")
+        .chain(containers(spec, "initContainers"))
+        .find_map(|c| OTHER_MESH_CONTAINERS.iter().find(|known| **known == c));
+    if let Some(container) = other_mesh {
+        return Outcome::Skip(Skip::OtherMesh { container: (*container).to_string() });
+    }
+    let istio_says_no = |m: Option<&Map<String, Value>>| m.and_then(|m| m.get(ISTIO_INJECT)).and_then(Value::as_str).is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+    if istio_says_no(labels) || istio_says_no(annotations) {
+        return Outcome::Skip(Skip::IstioOptOut);
+    }
 
     let workload = workload.unwrap_or_else(|| workload::derive(&pod_meta(metadata, labels)));
     let facts = PodFacts {
@@ -161,19 +192,26 @@ pub fn decide(pod: &Value, ns: NamespaceContext<'_>, workload: Option<Workload>,
         Evaluation::Skip { reason } => return Outcome::Skip(Skip::Policy(reason)),
         Evaluation::UnknownPinnedVersion { version, pinned_by, known } => {
             let by = match pinned_by {
-                Reason::NamespacePin => format!("namespace {} label {REV_LABEL}", ns.namespace),
+                Reason::NamespacePin => format!("namespace {} label {REV_LABEL}", crate::echo::cut(ns.namespace, 253)),
                 _ => format!("pod label {REV_LABEL}"),
             };
             return Outcome::Deny {
                 message: format!(
-                    "{by}={version} names a mesh version that rollouts.yml does not define (known: {}); fix the label or add the version to rollouts.yml",
-                    known.join(", ")
+                    "{by}={} names a mesh version that rollouts.yml does not define (known: {}); fix the label or add the version to rollouts.yml",
+                    crate::echo::quoted(&version),
+                    crate::echo::cut(&known.join(", "), 400)
                 ),
             };
         }
         Evaluation::Assigned { version, reason, hash_key } => (version, reason, hash_key),
     };
-    let overrides = match overrides::parse(annotations) {
+    let defaults = overrides::ResourceDefaults {
+        cpu_request: &cfg.cpu_request,
+        cpu_limit: &cfg.cpu_limit,
+        memory_request: &cfg.memory_request,
+        memory_limit: &cfg.memory_limit,
+    };
+    let overrides = match overrides::parse(annotations).and_then(|o| overrides::check_against_defaults(&o, &defaults).map(|()| o)) {
         Ok(o) => o,
         Err(e) => return Outcome::Deny { message: format!("revmesh sidecar injection: {e}") },
     };
@@ -201,8 +239,19 @@ pub fn decide(pod: &Value, ns: NamespaceContext<'_>, workload: Option<Workload>,
     let mut patch = Vec::new();
     add_to_map(&mut patch, labels, "/metadata/labels", REV_LABEL, json!(version.as_str()));
     add_to_map(&mut patch, annotations, "/metadata/annotations", STATUS_ANNOTATION, json!(status_json));
+    let app_probes = rewrite_app_probes(&mut patch, spec, cfg.metrics_port);
     append(&mut patch, spec, "initContainers", vec![init_container(cfg, &image, &overrides)]);
-    append(&mut patch, spec, "containers", vec![proxy_container(cfg, &version, &image, &control_plane, &overrides)]);
+    let proxy = proxy_container(cfg, &version, &image, &control_plane, &overrides, &app_probes);
+    if overrides.hold_application {
+        // The kubelet starts containers in order and waits for a postStart
+        // hook before the next: first in the list, the proxy holds the app
+        // back until it is ready.
+        let mut proxy = proxy;
+        proxy["lifecycle"] = json!({"postStart": {"exec": {"command": ["sidecar", "wait", "--timeout", "120s"]}}});
+        patch.push(json!({"op": "add", "path": "/spec/containers/0", "value": proxy}));
+    } else {
+        append(&mut patch, spec, "containers", vec![proxy]);
+    }
     append(&mut patch, spec, "volumes", volumes(cfg));
     Outcome::Inject { version, status, patch }
 }
@@ -307,7 +356,44 @@ fn init_container(cfg: &InjectorConfig, image: &str, o: &Overrides) -> Value {
     })
 }
 
-fn proxy_container(cfg: &InjectorConfig, version: &VersionName, image: &str, control_plane: &str, o: &Overrides) -> Value {
+/// The kubelet probes the pod's IP, and the proxy captures that traffic: a
+/// STRICT proxy would refuse the plaintext probe, and a PERMISSIVE one would
+/// answer for the app. As Istio does, each app container's HTTP probe is sent
+/// to the proxy's metrics port at `/app-health/<container>/<kind>`, and the
+/// proxy asks the app on localhost (which is not captured). Returns what the
+/// proxy needs to know (`REVMESH_APP_PROBES`): path → the original port,
+/// path and headers. HTTPS probes and probes of ports that cannot be resolved
+/// are left as they are.
+fn rewrite_app_probes(patch: &mut Vec<Value>, spec: &Map<String, Value>, metrics_port: u16) -> Map<String, Value> {
+    let mut probes = Map::new();
+    let containers = spec.get("containers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    for (index, container) in containers.iter().enumerate() {
+        let Some(name) = container.get("name").and_then(Value::as_str) else { continue };
+        for (field, kind) in [("readinessProbe", "readyz"), ("livenessProbe", "livez"), ("startupProbe", "startupz")] {
+            let Some(get) = container.get(field).and_then(|p| p.get("httpGet")) else { continue };
+            if get.get("scheme").and_then(Value::as_str).is_some_and(|s| !s.eq_ignore_ascii_case("HTTP")) {
+                continue;
+            }
+            let port = match get.get("port") {
+                Some(Value::Number(n)) => n.as_u64().and_then(|p| u16::try_from(p).ok()),
+                Some(Value::String(named)) => named.parse::<u16>().ok().or_else(|| {
+                    container.get("ports").and_then(Value::as_array).into_iter().flatten().find(|p| p.get("name").and_then(Value::as_str) == Some(named.as_str())).and_then(|p| p.get("containerPort")?.as_u64()).and_then(|p| u16::try_from(p).ok())
+                }),
+                _ => None,
+            };
+            let Some(port) = port else { continue };
+            let health_path = format!("/app-health/{name}/{kind}");
+            probes.insert(
+                health_path.clone(),
+                json!({"port": port, "path": get.get("path").and_then(Value::as_str).unwrap_or("/"), "headers": get.get("httpHeaders").cloned().unwrap_or(json!([]))}),
+            );
+            patch.push(json!({"op": "replace", "path": format!("/spec/containers/{index}/{field}/httpGet"), "value": {"path": health_path, "port": metrics_port, "scheme": "HTTP"}}));
+        }
+    }
+    probes
+}
+
+fn proxy_container(cfg: &InjectorConfig, version: &VersionName, image: &str, control_plane: &str, o: &Overrides, app_probes: &Map<String, Value>) -> Value {
     let field_env = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let log_level = o.log_level.clone().unwrap_or_else(|| cfg.log_level.clone());
     json!({
@@ -323,6 +409,8 @@ fn proxy_container(cfg: &InjectorConfig, version: &VersionName, image: &str, con
             {"name": "REVMESH_REVISION", "value": version.as_str()},
             {"name": "REVMESH_CONTROL_PLANE", "value": control_plane},
             {"name": "REVMESH_TOKEN_PATH", "value": "/var/run/secrets/revmesh/tokens/revmesh-token"},
+            {"name": "REVMESH_INBOUND_MODE", "value": o.inbound_mode.as_deref().unwrap_or("PERMISSIVE")},
+            {"name": "REVMESH_APP_PROBES", "value": Value::Object(app_probes.clone()).to_string()},
         ],
         "ports": [
             {"name": "revmesh-metrics", "containerPort": cfg.metrics_port, "protocol": "TCP"},

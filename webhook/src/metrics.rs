@@ -23,6 +23,13 @@ pub struct BadRequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    /// over-capacity (refused at the connection cap), read-timeout (TLS
+    /// handshake or request headers too slow), idle-timeout
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FileLabels {
     /// rollouts or tls
     pub file: String,
@@ -37,6 +44,10 @@ pub struct Metrics {
     pub reload_failures: Family<FileLabels, Counter>,
     /// 1 while the newest file on disk is the one in force, 0 while a bad file is being ignored.
     pub config_in_sync: Family<FileLabels, Gauge>,
+    /// Client connections open now (HTTPS port).
+    pub open_connections: Gauge,
+    /// Client connections the webhook closed or refused, by why.
+    pub connections_closed: Family<ClosedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,7 +66,11 @@ impl Default for Metrics {
         registry.register("reload_failures", "Changed files that were refused; the last good one stays in force", reload_failures.clone());
         let config_in_sync = Family::<FileLabels, Gauge>::default();
         registry.register("config_in_sync", "1 when the file on disk is the one in force, 0 when it was refused", config_in_sync.clone());
-        Metrics { registry, admissions, bad_requests, latency, reloads, reload_failures, config_in_sync }
+        let open_connections = Gauge::default();
+        registry.register("open_connections", "Client connections open on the HTTPS port", open_connections.clone());
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
+        registry.register("connections_closed", "Client connections the webhook closed or refused: over-capacity, read-timeout, idle-timeout", connections_closed.clone());
+        Metrics { registry, admissions, bad_requests, latency, reloads, reload_failures, config_in_sync, open_connections, connections_closed }
     }
 }
 
@@ -68,6 +83,10 @@ impl Metrics {
 
     pub fn bad_request(&self, reason: &str) {
         self.bad_requests.get_or_create(&BadRequestLabels { reason: reason.into() }).inc();
+    }
+
+    pub fn connection_closed(&self, reason: &str) {
+        self.connections_closed.get_or_create(&ClosedLabels { reason: reason.into() }).inc();
     }
 
     pub fn file_reloaded(&self, file: &str, ok: bool) {

@@ -1,7 +1,14 @@
 //! Offline injection (`meshctl inject`): the webhook's own decision and patch,
 //! applied to the pod template of any workload manifest.
+//!
+//! Only documents that get a proxy are rewritten; every other document
+//! (Services, ConfigMaps, skipped workloads, comments between documents) is
+//! written back byte for byte. Rewritten documents are read and written with
+//! kubectl's YAML rules ([`crate::manifest_yaml`]), so their other fields keep
+//! their exact values; their comments and key order are not kept.
 
 use crate::inject::{self, InjectorConfig, NamespaceContext, Outcome};
+use crate::manifest_yaml::{self, YamlError};
 use rollouts::workload::Workload;
 use rollouts::Rollouts;
 use serde::Serialize;
@@ -10,7 +17,7 @@ use serde_json::{json, Value};
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
     #[error("document {index} is not valid YAML: {source}")]
-    Yaml { index: usize, source: serde_yaml::Error },
+    Yaml { index: usize, source: YamlError },
     #[error("document {index} ({what}) cannot be injected: {message}")]
     Denied { index: usize, what: String, message: String },
     #[error("document {index} ({what}): applying the injection patch failed: {message}")]
@@ -51,35 +58,66 @@ fn template_pointer(kind: &str) -> Option<&'static str> {
     }
 }
 
-/// Injects every document of a multi-document YAML stream; returns the new
-/// documents (as JSON values, in order) and a report per document.
-pub fn inject_yaml(text: &str, rollouts: &Rollouts, cfg: &InjectorConfig, opts: &OfflineOptions) -> Result<(Vec<Value>, Vec<DocumentReport>), OfflineError> {
-    let mut docs = Vec::new();
-    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value: Value = serde::Deserialize::deserialize(de).map_err(|source| OfflineError::Yaml { index, source })?;
-        if value.is_null() {
-            continue; // empty document between separators
-        }
-        docs.push(value);
-    }
-    let mut out = Vec::new();
+/// The result of injecting a YAML stream.
+#[derive(Debug, Clone)]
+pub struct InjectedStream {
+    /// The stream to apply: rewritten documents where a proxy was added,
+    /// every other document exactly as it was.
+    pub text: String,
+    /// Every document as JSON (as kubectl reads it), after injection.
+    pub objects: Vec<Value>,
+    /// What happened to each object (List items each have one).
+    pub reports: Vec<DocumentReport>,
+}
+
+/// Injects every document of a multi-document YAML stream, in order.
+pub fn inject_yaml(text: &str, rollouts: &Rollouts, cfg: &InjectorConfig, opts: &OfflineOptions) -> Result<InjectedStream, OfflineError> {
+    let mut out = String::with_capacity(text.len() + 4096);
+    let mut objects = Vec::new();
     let mut reports = Vec::new();
-    for (index, doc) in docs.into_iter().enumerate() {
+    let mut index = 0;
+    for segment in manifest_yaml::split_documents(text) {
+        let Some(mut doc) = manifest_yaml::load_document(segment.text, segment.first_line).map_err(|source| OfflineError::Yaml { index, source })? else {
+            out.push_str(segment.text);
+            continue; // comments only, or an empty document between separators
+        };
+        let before = reports.len();
         if doc.get("kind").and_then(Value::as_str) == Some("List") {
-            let mut list = doc;
-            if let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) {
+            if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
                 for item in items.iter_mut() {
                     reports.push(inject_object(index, item, rollouts, cfg, opts)?);
                 }
             }
-            out.push(list);
         } else {
-            let mut doc = doc;
             reports.push(inject_object(index, &mut doc, rollouts, cfg, opts)?);
-            out.push(doc);
         }
+        if reports[before..].iter().any(|r| r.result == "injected") {
+            let (prelude, ends_with_dots) = manifest_yaml::prelude_and_end(segment.text);
+            let has_marker = prelude.lines().any(|l| l.starts_with("---"));
+            let has_directive = prelude.lines().any(|l| l.starts_with('%'));
+            // A rewritten document after the first needs its own `---`, and
+            // directives (`%YAML 1.1`) must be followed by one.
+            if !has_marker && !has_directive && !out.is_empty() {
+                out.push_str("---\n");
+            }
+            out.push_str(prelude);
+            if !has_marker && has_directive {
+                out.push_str("---\n");
+            }
+            out.push_str(&manifest_yaml::to_yaml(&doc));
+            if ends_with_dots {
+                out.push_str("...\n");
+            }
+        } else {
+            out.push_str(segment.text);
+        }
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        objects.push(doc);
+        index += 1;
     }
-    Ok((out, reports))
+    Ok(InjectedStream { text: out, objects, reports })
 }
 
 /// Injects one object in place.
@@ -133,14 +171,3 @@ pub fn inject_object(index: usize, object: &mut Value, rollouts: &Rollouts, cfg:
     }
 }
 
-/// Renders documents as a YAML stream (`---` between documents).
-pub fn to_yaml_stream(docs: &[Value]) -> Result<String, serde_yaml::Error> {
-    let mut out = String::new();
-    for (i, d) in docs.iter().enumerate() {
-        if i > 0 {
-            out.push_str("---\n");
-        }
-        out.push_str(&serde_yaml::to_string(d)?);
-    }
-    Ok(out)
-}

@@ -2,6 +2,7 @@
 //! invalid value denies the pod with a message naming the annotation, rather
 //! than injecting a proxy that would fail later in a less obvious way.
 
+use crate::echo;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
@@ -14,6 +15,12 @@ pub const LOG_LEVEL: &str = "sidecar.revmesh.io/logLevel";
 pub const EXCLUDE_INBOUND_PORTS: &str = "sidecar.revmesh.io/excludeInboundPorts";
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "sidecar.revmesh.io/excludeOutboundPorts";
 pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "sidecar.revmesh.io/excludeOutboundIPRanges";
+/// `STRICT` (mTLS only) or `PERMISSIVE` (mTLS and plaintext): what the proxy
+/// accepts inbound, like Istio's PeerAuthentication mode for one workload.
+pub const INBOUND_MODE: &str = "sidecar.revmesh.io/inboundMode";
+/// `"true"`: the app containers start only once the proxy is ready (Istio's
+/// holdApplicationUntilProxyStarts), for apps that call out as they start.
+pub const HOLD_APPLICATION: &str = "sidecar.revmesh.io/holdApplicationUntilProxyStarts";
 
 /// Every annotation this module understands; other `sidecar.revmesh.io/` keys are refused
 /// so that a typo does not silently do nothing.
@@ -26,9 +33,12 @@ pub const KNOWN: &[&str] = &[
     EXCLUDE_INBOUND_PORTS,
     EXCLUDE_OUTBOUND_PORTS,
     EXCLUDE_OUTBOUND_IP_RANGES,
+    INBOUND_MODE,
+    HOLD_APPLICATION,
 ];
 
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+const INBOUND_MODES: &[&str] = &["STRICT", "PERMISSIVE"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Overrides {
@@ -40,18 +50,25 @@ pub struct Overrides {
     pub exclude_inbound_ports: Vec<u16>,
     pub exclude_outbound_ports: Vec<u16>,
     pub exclude_outbound_ip_ranges: Vec<IpNet>,
+    pub inbound_mode: Option<String>,
+    pub hold_application: bool,
 }
 
+/// A refused annotation. The value is kept cut to [`echo::MAX_QUOTED`] bytes
+/// (with its full length), since the message is shown to the user and logged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("annotation {annotation}={value:?} is invalid: {why}")]
+#[error("annotation {annotation}={value} is invalid: {why}")]
 pub struct InvalidAnnotation {
     pub annotation: String,
+    /// Quoted and cut: `"…"` or `"…"... (N bytes in all)`.
     pub value: String,
     pub why: String,
 }
 
 fn invalid(annotation: &str, value: &str, why: impl Into<String>) -> InvalidAnnotation {
-    InvalidAnnotation { annotation: annotation.into(), value: value.into(), why: why.into() }
+    // Keys from the API server are at most 316 bytes, but the webhook may be
+    // sent anything: keys are cut too.
+    InvalidAnnotation { annotation: echo::cut(annotation, 320), value: echo::quoted(value), why: echo::cut(&why.into(), 400) }
 }
 
 /// Reads and validates the overrides among `annotations`.
@@ -88,6 +105,19 @@ pub fn parse(annotations: Option<&Map<String, Value>>) -> Result<Overrides, Inva
             EXCLUDE_INBOUND_PORTS => out.exclude_inbound_ports = ports(key, text)?,
             EXCLUDE_OUTBOUND_PORTS => out.exclude_outbound_ports = ports(key, text)?,
             EXCLUDE_OUTBOUND_IP_RANGES => out.exclude_outbound_ip_ranges = cidrs(key, text)?,
+            INBOUND_MODE => {
+                if !INBOUND_MODES.contains(&text) {
+                    return Err(invalid(key, text, format!("expected one of {}", INBOUND_MODES.join(", "))));
+                }
+                out.inbound_mode = Some(text.into());
+            }
+            HOLD_APPLICATION => {
+                out.hold_application = match text {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(invalid(key, text, "expected \"true\" or \"false\"")),
+                };
+            }
             _ => {
                 return Err(invalid(key, text, format!("unknown sidecar annotation; known: {}", KNOWN.join(", "))));
             }
@@ -106,11 +136,51 @@ pub fn parse(annotations: Option<&Map<String, Value>>) -> Result<Overrides, Inva
     Ok(out)
 }
 
+/// The proxy's resources where no annotation overrides them (the injector's settings).
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceDefaults<'a> {
+    pub cpu_request: &'a str,
+    pub cpu_limit: &'a str,
+    pub memory_request: &'a str,
+    pub memory_limit: &'a str,
+}
+
+/// Refuses an override that, with the default it leaves in place, gives the
+/// proxy a request above its limit: the API server would refuse the pod with a
+/// message about container `revmesh-proxy` that names no annotation. The limit
+/// is never raised behind the user's back; the message says which annotation
+/// to add.
+pub fn check_against_defaults(o: &Overrides, defaults: &ResourceDefaults<'_>) -> Result<(), InvalidAnnotation> {
+    for (what, request, limit, default_request, default_limit, req_key, lim_key) in [
+        ("CPU", &o.cpu_request, &o.cpu_limit, defaults.cpu_request, defaults.cpu_limit, PROXY_CPU, PROXY_CPU_LIMIT),
+        ("memory", &o.memory_request, &o.memory_limit, defaults.memory_request, defaults.memory_limit, PROXY_MEMORY, PROXY_MEMORY_LIMIT),
+    ] {
+        match (request, limit) {
+            (Some(r), None) if quantity(r) > quantity(default_limit) => {
+                return Err(invalid(
+                    req_key,
+                    r,
+                    format!("the request is above the proxy's default {what} limit {default_limit}; also set {lim_key} to {r} or more, or ask for less"),
+                ));
+            }
+            (None, Some(l)) if quantity(default_request) > quantity(l) => {
+                return Err(invalid(
+                    lim_key,
+                    l,
+                    format!("the limit is below the proxy's default {what} request {default_request}; also set {req_key} to {l} or less, or allow more"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn ports(key: &str, text: &str) -> Result<Vec<u16>, InvalidAnnotation> {
     split_list(text)
         .map(|p| match p.parse::<u16>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(invalid(key, text, format!("{p:?} is not a port: expected a comma-separated list of numbers from 1 to 65535"))),
+            _ => Err(invalid(key, text, format!("{} is not a port: expected a comma-separated list of numbers from 1 to 65535", echo::quoted(p)))),
         })
         .collect()
 }
@@ -120,7 +190,7 @@ fn cidrs(key: &str, text: &str) -> Result<Vec<IpNet>, InvalidAnnotation> {
         .map(|c| {
             c.parse::<IpNet>()
                 .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| invalid(key, text, format!("{c:?} is not a CIDR: expected a comma-separated list such as 10.0.0.0/8,192.168.1.1/32")))
+                .map_err(|_| invalid(key, text, format!("{} is not a CIDR: expected a comma-separated list such as 10.0.0.0/8,192.168.1.1/32", echo::quoted(c))))
         })
         .collect()
 }
@@ -132,6 +202,10 @@ fn split_list(text: &str) -> impl Iterator<Item = &str> {
 /// The value of a Kubernetes resource quantity (`100m`, `1.5`, `64Mi`, `1e3`), or
 /// `None` when it is not one. Only used to validate and compare, never re-printed.
 pub fn quantity(text: &str) -> Option<f64> {
+    // No real quantity is this long; a longer one would only parse to infinity.
+    if text.len() > 40 {
+        return None;
+    }
     let t = text.strip_prefix('+').unwrap_or(text);
     let digits_end = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, suffix) = t.split_at(digits_end);
@@ -201,6 +275,8 @@ mod tests {
             (EXCLUDE_INBOUND_PORTS, "80,http"),
             (EXCLUDE_OUTBOUND_PORTS, "70000"),
             (EXCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/33"),
+            (INBOUND_MODE, "strict-ish"),
+            (HOLD_APPLICATION, "yes"),
             ("sidecar.revmesh.io/proxyCpu", "1"),
         ] {
             let err = parse(Some(&ann(&[(key, value)]))).expect_err(value);
@@ -209,6 +285,46 @@ mod tests {
         }
         let err = parse(Some(&ann(&[(PROXY_MEMORY, "2Gi"), (PROXY_MEMORY_LIMIT, "1Gi")]))).expect_err("request > limit");
         assert_eq!(err.annotation, PROXY_MEMORY);
+    }
+
+    const DEFAULTS: ResourceDefaults<'static> = ResourceDefaults { cpu_request: "100m", cpu_limit: "2", memory_request: "64Mi", memory_limit: "256Mi" };
+
+    #[test]
+    fn an_override_crossing_the_default_on_the_other_side_is_refused_naming_it() {
+        let check = |pairs: &[(&str, &str)]| parse(Some(&ann(pairs))).and_then(|o| check_against_defaults(&o, &DEFAULTS).map(|()| o));
+        // A request above the default limit, with no limit annotation.
+        let err = check(&[(PROXY_CPU, "4")]).expect_err("4 CPUs > default limit 2");
+        assert_eq!(err.annotation, PROXY_CPU);
+        let text = err.to_string();
+        assert!(text.contains("default CPU limit 2") && text.contains(PROXY_CPU_LIMIT), "{text}");
+        let err = check(&[(PROXY_MEMORY, "1Gi")]).expect_err("1Gi > default limit 256Mi");
+        assert_eq!(err.annotation, PROXY_MEMORY);
+        // A limit below the default request, with no request annotation.
+        let err = check(&[(PROXY_CPU_LIMIT, "50m")]).expect_err("50m < default request 100m");
+        assert_eq!(err.annotation, PROXY_CPU_LIMIT);
+        assert!(err.to_string().contains(PROXY_CPU), "{err}");
+        let err = check(&[(PROXY_MEMORY_LIMIT, "32Mi")]).expect_err("32Mi < default request 64Mi");
+        assert_eq!(err.annotation, PROXY_MEMORY_LIMIT);
+        // Both given and consistent: fine, however far from the defaults.
+        check(&[(PROXY_CPU, "4"), (PROXY_CPU_LIMIT, "8")]).expect("4 <= 8");
+        check(&[(PROXY_MEMORY, "16Mi"), (PROXY_MEMORY_LIMIT, "32Mi")]).expect("16Mi <= 32Mi");
+        // Equal to the default on the other side is allowed (request == limit).
+        check(&[(PROXY_CPU, "2")]).expect("2 == default limit");
+        check(&[(PROXY_MEMORY_LIMIT, "64Mi")]).expect("64Mi == default request");
+        // Both given but crossed: the request annotation is named.
+        let err = check(&[(PROXY_CPU, "3"), (PROXY_CPU_LIMIT, "1")]).expect_err("3 > 1");
+        assert_eq!(err.annotation, PROXY_CPU);
+    }
+
+    #[test]
+    fn a_megabyte_value_is_quoted_cut_with_its_length() {
+        let huge = "8".repeat(1024 * 1024) + ",x";
+        let err = parse(Some(&ann(&[(EXCLUDE_INBOUND_PORTS, &huge)]))).expect_err("not ports");
+        let text = err.to_string();
+        assert!(text.len() < 1000, "{} bytes", text.len());
+        assert!(text.contains(&format!("({} bytes in all)", huge.len())), "{text}");
+        let err = parse(Some(&ann(&[(PROXY_CPU, &"9".repeat(100_000))]))).expect_err("not a quantity");
+        assert!(err.to_string().len() < 1000);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The HTTPS edge: AdmissionReview in, AdmissionReview out; metrics on their own port.
 
 use crate::admission::{self, AdmissionRequest};
+use crate::conn::{Activity, ConnectionLimits, Tracked, Verdict};
+use crate::echo;
 use crate::inject::{self, InjectorConfig, NamespaceContext, Outcome};
 use crate::metrics::Metrics;
 use crate::reload::{self, SharedRollouts};
@@ -17,12 +19,27 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 /// The API server never sends more than 3 MiB for one object (etcd's limit is
 /// 1.5 MiB); anything larger is not a real AdmissionReview.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Request headers (HTTP/1 head, HTTP/2 header list) larger than this are
+/// refused: the API server sends a few hundred bytes.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// HTTP/2 streams one connection may have open at once.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+
+/// HTTP/2 flow-control windows: what a client may send before the webhook
+/// reads it. A stream waiting for its review turn holds at most this much, and
+/// a connection at most [`H2_CONNECTION_WINDOW`] (hyper's defaults are 1 MiB,
+/// which 512 connections would turn into 512 MiB of buffered bodies).
+pub const H2_STREAM_WINDOW: u32 = 128 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
 
 /// Flags of the `webhook` binary.
 #[derive(Debug, Clone, clap::Parser)]
@@ -49,6 +66,31 @@ pub struct Settings {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: String,
+    /// How long a client may take for the TLS handshake, for a request's
+    /// headers (from their first byte) and for its body; slower ones are cut off.
+    #[arg(long, default_value = "10s", value_parser = revmesh_duration::parse)]
+    pub read_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed.
+    #[arg(long, default_value = "60s", value_parser = revmesh_duration::parse)]
+    pub idle_timeout: Duration,
+    /// Client connections open at once; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// AdmissionReviews read and answered at once (bodies up to 3 MiB each);
+    /// more wait up to --read-timeout for a turn, then get 503.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_reviews: u32,
+}
+
+impl Settings {
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            read_timeout: self.read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections as usize,
+            max_concurrent_reviews: self.max_concurrent_reviews as usize,
+        }
+    }
 }
 
 
@@ -56,6 +98,16 @@ pub struct AppState {
     pub rollouts: SharedRollouts,
     pub injector: InjectorConfig,
     pub metrics: Arc<Metrics>,
+    pub limits: ConnectionLimits,
+    /// Turns to read and answer an AdmissionReview ([`ConnectionLimits::max_concurrent_reviews`]).
+    reviews: Semaphore,
+}
+
+impl AppState {
+    pub fn new(rollouts: SharedRollouts, injector: InjectorConfig, metrics: Arc<Metrics>, limits: ConnectionLimits) -> AppState {
+        let reviews = Semaphore::new(limits.max_concurrent_reviews.max(1));
+        AppState { rollouts, injector, metrics, limits, reviews }
+    }
 }
 
 /// What one AdmissionReview produced, for the response and the metrics.
@@ -90,6 +142,14 @@ pub fn admit(request: &AdmissionRequest, namespace_pin: Option<&str>, rollouts: 
         .unwrap_or("default");
     let ns = NamespaceContext { namespace, pin: namespace_pin, disabled: false };
     match inject::decide(pod, ns, None, rollouts, cfg) {
+        // Another mesh's pod is let through untouched, with a warning the user
+        // sees (kubectl prints admission warnings), since it is not meshed by us.
+        Outcome::Skip(skip @ inject::Skip::OtherMesh { .. }) => Admitted {
+            response: admission::allow_with_warning(&request.uid, &format!("revmesh: sidecar not injected: {}", skip.explain())),
+            result: "skipped",
+            version: String::new(),
+            reason: skip.metric_label().into(),
+        },
         Outcome::Skip(skip) => Admitted {
             response: admission::allow(&request.uid, None),
             result: "skipped",
@@ -140,7 +200,7 @@ async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Full<B
     }
     let Some(namespace_pin) = route(&path) else {
         state.metrics.bad_request("not-found");
-        return text(StatusCode::NOT_FOUND, format!("no such path {path:?}: AdmissionReviews go to /inject or /inject/rev/<version>\n"));
+        return text(StatusCode::NOT_FOUND, format!("no such path {}: AdmissionReviews go to /inject or /inject/rev/<version>\n", echo::quoted(&path)));
     };
     if req.method() != Method::POST {
         state.metrics.bad_request("method");
@@ -152,17 +212,36 @@ async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Full<B
         .is_none_or(|ct| ct.to_str().unwrap_or("").to_ascii_lowercase().starts_with("application/json"));
     if !json_content {
         state.metrics.bad_request("content-type");
-        drain(req.into_body()).await;
+        let _ = tokio::time::timeout(state.limits.read_timeout, drain(req.into_body())).await;
         return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the AdmissionReview as application/json\n");
     }
+    // A turn first, so that at most max_concurrent_reviews bodies are in memory.
+    let turn = match tokio::time::timeout(state.limits.read_timeout, state.reviews.acquire()).await {
+        Ok(Ok(turn)) => turn,
+        _ => {
+            state.metrics.bad_request("busy");
+            return text(StatusCode::SERVICE_UNAVAILABLE, "too many AdmissionReviews at once; retry\n");
+        }
+    };
     let mut body = req.into_body();
-    let body = match Limited::new(&mut body, MAX_BODY_BYTES).collect().await {
+    let collected = match tokio::time::timeout(state.limits.read_timeout, Limited::new(&mut body, MAX_BODY_BYTES).collect()).await {
+        Ok(collected) => collected,
+        Err(_) => {
+            state.metrics.bad_request("body-timeout");
+            let mut r = text(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {:?}\n", state.limits.read_timeout));
+            r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
+    let body = match collected {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
             state.metrics.bad_request(if too_large { "too-large" } else { "body-read" });
+            // The turn is for bodies that will be answered; a refused one gives it back.
+            drop(turn);
             return if too_large {
-                drain(body).await;
+                let _ = tokio::time::timeout(state.limits.read_timeout, drain(body)).await;
                 text(StatusCode::PAYLOAD_TOO_LARGE, format!("the body exceeds {MAX_BODY_BYTES} bytes\n"))
             } else {
                 text(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}\n"))
@@ -183,7 +262,13 @@ async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Full<B
         .and_then(|o| o.pointer("/metadata/name").or_else(|| o.pointer("/metadata/generateName")))
         .and_then(Value::as_str)
         .unwrap_or("");
-    let span = tracing::info_span!("admission", uid = %request.uid, namespace = request.namespace.as_deref().unwrap_or(""), pod = pod_name);
+    // Names as the client sent them, before the API server's validation: cut.
+    let span = tracing::info_span!(
+        "admission",
+        uid = %echo::cut(&request.uid, 64),
+        namespace = %echo::cut(request.namespace.as_deref().unwrap_or(""), 253),
+        pod = %echo::cut(pod_name, 253)
+    );
     let rollouts = match state.rollouts.read() {
         Ok(g) => Arc::clone(&g),
         Err(poisoned) => Arc::clone(&poisoned.into_inner()),
@@ -240,9 +325,11 @@ async fn handle_metrics(req: Request<Incoming>, state: Arc<AppState>) -> Respons
     }
 }
 
-/// Serves AdmissionReviews over TLS until `shutdown` resolves.
+/// Serves AdmissionReviews over TLS until `shutdown` resolves, within
+/// `state.limits`: a connection cap, and read and idle timeouts per connection.
 pub async fn serve_https(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<AppState>, shutdown: impl std::future::Future<Output = ()>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -256,45 +343,149 @@ pub async fn serve_https(listener: TcpListener, tls: Arc<rustls::ServerConfig>, 
                 }
             },
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Closed at once: the kernel's backlog would otherwise hold the
+            // client waiting with no answer. Counted, not logged one by one
+            // (a flood would flood the log too).
+            state.metrics.connection_closed("over-capacity");
+            tracing::debug!(%peer, max = state.limits.max_connections, "connection refused: at the connection cap");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let state = Arc::clone(&state);
-        tokio::spawn(
-            async move {
-                let stream = match acceptor.accept(tcp).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                };
-                let service = hyper::service::service_fn(move |req| {
-                    let state = Arc::clone(&state);
-                    async move { Ok::<_, std::convert::Infallible>(handle(req, state).await) }
-                });
-                if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            }
-            .instrument(tracing::debug_span!("connection", %peer)),
-        );
+        tokio::spawn(serve_connection(tcp, acceptor.clone(), Arc::clone(&state), slot).instrument(tracing::debug_span!("connection", %peer)));
     }
 }
 
-/// Serves /metrics over plain HTTP.
-pub async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: &Arc<Metrics>) -> OpenConnection {
+        metrics.open_connections.inc();
+        OpenConnection(Arc::clone(metrics))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.dec();
+    }
+}
+
+/// One client connection: TLS handshake, then HTTP/1.1 or HTTP/2 (ALPN) with
+/// a watchdog that closes it when the client is too slow or idle too long.
+async fn serve_connection(tcp: TcpStream, acceptor: tokio_rustls::TlsAcceptor, state: Arc<AppState>, _slot: OwnedSemaphorePermit) {
+    let _open = OpenConnection::new(&state.metrics);
+    let limits = state.limits;
+    let stream = match tokio::time::timeout(limits.read_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            state.metrics.connection_closed("read-timeout");
+            tracing::debug!("TLS handshake not done within the read timeout");
+            return;
+        }
+    };
+    let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    serve_watched(stream, http2, limits, Some(&state.metrics), {
+        let state = Arc::clone(&state);
+        move |req| handle(req, Arc::clone(&state))
+    })
+    .await;
+}
+
+/// Serves HTTP on one connection with a watchdog: closed when the client is
+/// too slow with a request's headers or idle too long ([`Activity::verdict`]).
+/// Closes are counted in `metrics` when given (the AdmissionReview port).
+async fn serve_watched<I, H, F>(io: I, http2: bool, limits: ConnectionLimits, metrics: Option<&Metrics>, handler: H)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let activity = Arc::new(Activity::new(Instant::now()));
+    let io = TokioIo::new(Tracked::new(io, Arc::clone(&activity)));
+    let service = {
+        let activity = Arc::clone(&activity);
+        hyper::service::service_fn(move |req| {
+            let in_flight = activity.request_started();
+            let answer = handler(req);
+            async move {
+                let response = answer.await;
+                drop(in_flight);
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let check_at = match activity.verdict(Instant::now(), &limits, http2) {
+            Verdict::Open { check_at } => check_at,
+            Verdict::Close(reason) => {
+                if let Some(m) = metrics {
+                    m.connection_closed(reason);
+                }
+                tracing::debug!(reason, "closing the connection");
+                if http2 {
+                    // GOAWAY, so the client opens a new connection for its next request.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection.as_mut()).await;
+                }
+                return;
+            }
+        };
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(check_at.into()) => {}
+            _ = activity.changed() => {}
+        }
+    }
+}
+
+/// Connections the metrics port keeps open at once (scrapers and probes).
+pub const MAX_METRICS_CONNECTIONS: usize = 64;
+
+/// Serves /metrics, /healthz/ready and /debug/rollouts over plain HTTP/1.1,
+/// with the same read and idle timeouts as the HTTPS port and a cap of its
+/// own: the two ports share the process's file descriptors.
+pub async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
+    let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed on the metrics port");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics connection refused: at the connection cap");
+            continue;
+        };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, std::convert::Infallible>(handle_metrics(req, state).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;
+            let _slot = slot;
+            let limits = state.limits;
+            serve_watched(tcp, false, limits, None, move |req| handle_metrics(req, Arc::clone(&state))).await;
         });
     }
 }
@@ -310,7 +501,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     metrics.file_reloaded("rollouts", true);
     metrics.file_reloaded("tls", true);
     let shared: SharedRollouts = Arc::new(RwLock::new(Arc::new(rollouts)));
-    let state = Arc::new(AppState { rollouts: Arc::clone(&shared), injector: InjectorConfig::default(), metrics: Arc::clone(&metrics) });
+    let state = Arc::new(AppState::new(Arc::clone(&shared), InjectorConfig::default(), Arc::clone(&metrics), settings.limits()));
 
     let https = TcpListener::bind(settings.listen).await.map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.listen))?;
     let metrics_listener = TcpListener::bind(settings.metrics_listen).await.map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.metrics_listen))?;

@@ -169,3 +169,110 @@ fn overrides_reach_the_containers() {
     assert!(joined.contains("--exclude-outbound-ip-ranges 169.254.169.254/32"), "{joined}");
     assert!(joined.contains("--exclude-inbound-ports 15020,15021,9000"), "{joined}");
 }
+
+#[test]
+fn pods_of_another_mesh_are_skipped_naming_the_container_and_never_get_a_second_proxy() {
+    let cfg = InjectorConfig::default();
+    for (field, name) in [
+        ("containers", "istio-proxy"),
+        ("initContainers", "istio-init"),
+        ("initContainers", "istio-proxy"), // Istio's native sidecar
+        ("containers", "linkerd-proxy"),
+        ("initContainers", "linkerd-init"),
+        ("initContainers", "linkerd-network-validator"),
+    ] {
+        let mut pod = replicaset_pod();
+        pod["spec"][field] = json!([{"name": name, "image": "other-mesh/proxy"}]);
+        if field == "initContainers" {
+            pod["spec"]["containers"] = json!([{"name": "app", "image": "nginx"}]);
+        }
+        let outcome = decide(&pod, ns("a"), None, &rollouts(), &cfg);
+        assert_eq!(outcome, Outcome::Skip(Skip::OtherMesh { container: name.into() }), "{field} {name}");
+        let Outcome::Skip(skip) = outcome else { unreachable!() };
+        assert_eq!(skip.metric_label(), "other-mesh");
+        assert!(skip.explain().contains(name), "{}", skip.explain());
+    }
+    // A container merely named like a mesh is not one.
+    let mut pod = replicaset_pod();
+    pod["spec"]["containers"] = json!([{"name": "istio-proxy-exporter", "image": "x"}]);
+    assert!(matches!(decide(&pod, ns("a"), None, &rollouts(), &cfg), Outcome::Inject { .. }));
+}
+
+#[test]
+fn istio_opt_out_label_or_annotation_skips_the_pod() {
+    let cfg = InjectorConfig::default();
+    for (field, value, skipped) in [("labels", "false", true), ("annotations", "false", true), ("labels", "False", true), ("annotations", "true", false)] {
+        let mut pod = replicaset_pod();
+        pod["metadata"][field]["sidecar.istio.io/inject"] = json!(value);
+        let outcome = decide(&pod, ns("a"), None, &rollouts(), &cfg);
+        assert_eq!(outcome == Outcome::Skip(Skip::IstioOptOut), skipped, "{field}={value}: {outcome:?}");
+    }
+    assert_eq!(Skip::IstioOptOut.metric_label(), "istio-opted-out");
+}
+
+#[test]
+fn a_resource_override_across_the_default_limit_or_request_is_denied_naming_the_annotation() {
+    let cfg = InjectorConfig::default();
+    for (annotations, named, hint) in [
+        (json!({"sidecar.revmesh.io/proxyCPU": "4"}), "sidecar.revmesh.io/proxyCPU=", "sidecar.revmesh.io/proxyCPULimit"),
+        (json!({"sidecar.revmesh.io/proxyMemory": "512Mi"}), "sidecar.revmesh.io/proxyMemory=", "sidecar.revmesh.io/proxyMemoryLimit"),
+        (json!({"sidecar.revmesh.io/proxyCPULimit": "50m"}), "sidecar.revmesh.io/proxyCPULimit=", "sidecar.revmesh.io/proxyCPU "),
+    ] {
+        let mut pod = replicaset_pod();
+        pod["metadata"]["annotations"] = annotations.clone();
+        let Outcome::Deny { message } = decide(&pod, ns("a"), None, &rollouts(), &cfg) else { panic!("{annotations} must be denied") };
+        assert!(message.contains(named) && message.contains(hint), "{message}");
+    }
+    // With the other side set too, the proxy gets exactly what was asked.
+    let mut pod = replicaset_pod();
+    pod["metadata"]["annotations"] = json!({"sidecar.revmesh.io/proxyCPU": "4", "sidecar.revmesh.io/proxyCPULimit": "6"});
+    let out = apply(&pod, &decide(&pod, ns("a"), None, &rollouts(), &cfg));
+    assert_eq!(out["spec"]["containers"][1]["resources"], json!({"requests": {"cpu": "4", "memory": "64Mi"}, "limits": {"cpu": "6", "memory": "256Mi"}}));
+}
+
+#[test]
+fn an_unknown_pin_of_a_megabyte_is_quoted_cut() {
+    let mut pod = replicaset_pod();
+    pod["metadata"]["labels"]["revmesh.io/rev"] = json!("v".repeat(1024 * 1024));
+    let Outcome::Deny { message } = decide(&pod, ns("a"), None, &rollouts(), &InjectorConfig::default()) else { panic!("denied") };
+    assert!(message.len() < 1024 && message.contains("(1048576 bytes in all)"), "{}", &message[..message.len().min(300)]);
+}
+
+#[test]
+fn http_probes_of_app_containers_go_through_the_proxy_which_knows_the_originals() {
+    let mut pod = replicaset_pod();
+    pod["spec"]["containers"][0]["ports"] = json!([{"name": "http", "containerPort": 8080}]);
+    pod["spec"]["containers"][0]["readinessProbe"] = json!({"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2});
+    pod["spec"]["containers"][0]["livenessProbe"] = json!({"httpGet": {"path": "/live", "port": 9000, "httpHeaders": [{"name": "X-Probe", "value": "1"}]}});
+    pod["spec"]["containers"][0]["startupProbe"] = json!({"httpGet": {"path": "/tls", "port": 8443, "scheme": "HTTPS"}});
+    let out = apply(&pod, &decide(&pod, ns("default"), None, &rollouts(), &InjectorConfig::default()));
+    let app = &out["spec"]["containers"][0];
+    assert_eq!(app["readinessProbe"], json!({"httpGet": {"path": "/app-health/app/readyz", "port": 15020, "scheme": "HTTP"}, "periodSeconds": 2}));
+    assert_eq!(app["livenessProbe"]["httpGet"], json!({"path": "/app-health/app/livez", "port": 15020, "scheme": "HTTP"}));
+    // HTTPS probes are not rewritten: the proxy would have to speak TLS to the app.
+    assert_eq!(app["startupProbe"]["httpGet"]["port"], 8443);
+    let env = out["spec"]["containers"][1]["env"].as_array().expect("env");
+    let probes = env.iter().find(|e| e["name"] == "REVMESH_APP_PROBES").and_then(|e| e["value"].as_str()).expect("REVMESH_APP_PROBES");
+    let probes: Value = serde_json::from_str(probes).expect("JSON");
+    assert_eq!(
+        probes,
+        json!({
+            "/app-health/app/readyz": {"port": 8080, "path": "/healthz", "headers": []},
+            "/app-health/app/livez": {"port": 9000, "path": "/live", "headers": [{"name": "X-Probe", "value": "1"}]},
+        })
+    );
+}
+
+#[test]
+fn holding_the_app_puts_the_proxy_first_with_a_wait_hook() {
+    let mut pod = replicaset_pod();
+    pod["metadata"]["annotations"] = json!({"sidecar.revmesh.io/holdApplicationUntilProxyStarts": "true"});
+    let out = apply(&pod, &decide(&pod, ns("default"), None, &rollouts(), &InjectorConfig::default()));
+    assert_eq!(names(&out, "containers"), ["revmesh-proxy", "app"]);
+    assert_eq!(out["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"], json!(["sidecar", "wait", "--timeout", "120s"]));
+    // Without the annotation the proxy comes last and has no hook.
+    let plain = replicaset_pod();
+    let out = apply(&plain, &decide(&plain, ns("default"), None, &rollouts(), &InjectorConfig::default()));
+    assert_eq!(names(&out, "containers"), ["app", "revmesh-proxy"]);
+    assert!(out["spec"]["containers"][1]["lifecycle"].is_null());
+}

@@ -6,6 +6,11 @@
 //! response, as Envoy does. The driver rewrites one service's Endpoints file in
 //! the watched folder and times, per proxy, how long until the new endpoints
 //! arrive.
+//!
+//! With `--tls-root` the proxies use the TLS port (15012) as sidecars do:
+//! they verify the control plane against the mesh root, send `--token` as
+//! `authorization: Bearer` metadata and claim `--identity` in their node
+//! metadata, so the run includes authentication.
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -51,22 +56,108 @@ struct Args {
     change_object: String,
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// The mesh root (PEM): connect over TLS to the TLS port, verifying the
+    /// control plane's certificate. Without it, `--xds` is the plaintext port.
+    #[arg(long, requires_all = ["token", "identity"])]
+    tls_root: Option<PathBuf>,
+    /// The name the control plane's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// The token every simulated proxy authenticates with (a bootstrap token of
+    /// the control plane's `--ca-bootstrap-tokens`, or a service-account token).
+    #[arg(long, env = "XDS_LOAD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The NAMESPACE/SERVICE_ACCOUNT the token proves, claimed in node metadata.
+    #[arg(long)]
+    identity: Option<String>,
 }
 
-fn node(id: &str, revision: &str) -> Node {
+/// What every simulated proxy presents on the TLS port.
+#[derive(Clone)]
+struct Credentials {
+    bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    namespace: String,
+    service_account: String,
+}
+
+fn node(id: &str, revision: &str, credentials: Option<&Credentials>) -> Node {
+    let s = |v: &str| Value { kind: Some(Kind::StringValue(v.into())) };
     let mut fields = HashMap::new();
-    fields.insert("REVMESH_REVISION".to_string(), Value { kind: Some(Kind::StringValue(revision.into())) });
+    fields.insert("REVMESH_REVISION".to_string(), s(revision));
+    if let Some(c) = credentials {
+        fields.insert("NAMESPACE".to_string(), s(&c.namespace));
+        fields.insert("SERVICE_ACCOUNT".to_string(), s(&c.service_account));
+    }
     Node { id: id.into(), metadata: Some(Struct { fields }), ..Default::default() }
 }
 
+type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Connects tonic to the TLS port, verifying the server against the mesh root.
+#[derive(Clone)]
+struct TlsConnector {
+    tls: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    addr: String,
+}
+
+impl TlsConnector {
+    fn new(root_pem: &str, server_name: &str, addr: &str) -> anyhow::Result<Self> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+            roots.add(cert.context("the mesh root is not PEM")?)?;
+        }
+        anyhow::ensure!(!roots.is_empty(), "the mesh root file holds no certificate");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_root_certificates(roots).with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).with_context(|| format!("--server-name {server_name:?}"))?;
+        Ok(TlsConnector { tls: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)), name, addr: addr.to_string() })
+    }
+}
+
+impl tonic::codegen::Service<hyper::Uri> for TlsConnector {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<TlsIo>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: hyper::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(&this.addr).await?;
+            tcp.set_nodelay(true)?;
+            Ok(hyper_util::rt::TokioIo::new(this.tls.connect(this.name, tcp).await?))
+        })
+    }
+}
+
 /// One simulated proxy; reports (proxy index, resource version) of the watched cluster's endpoints.
-async fn proxy(index: usize, channel: tonic::transport::Channel, revision: String, watched: String, ready: mpsc::Sender<usize>, seen: mpsc::UnboundedSender<(usize, String, Instant)>, expect_clusters: usize) -> anyhow::Result<()> {
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    index: usize,
+    channel: tonic::transport::Channel,
+    revision: String,
+    credentials: Option<Credentials>,
+    watched: String,
+    ready: mpsc::Sender<usize>,
+    seen: mpsc::UnboundedSender<(usize, String, Instant)>,
+    expect_clusters: usize,
+) -> anyhow::Result<()> {
     let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
     let id = format!("bench-proxy-{index}");
-    tx.send(DeltaDiscoveryRequest { node: Some(node(&id, &revision)), type_url: CDS.into(), ..Default::default() }).await?;
+    tx.send(DeltaDiscoveryRequest { node: Some(node(&id, &revision, credentials.as_ref())), type_url: CDS.into(), ..Default::default() }).await?;
     tx.send(DeltaDiscoveryRequest { type_url: LDS.into(), ..Default::default() }).await?;
-    let mut inbound = client.delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(c) = &credentials {
+        call.metadata_mut().insert("authorization", c.bearer.clone());
+    }
+    let mut inbound = client.delta_aggregated_resources(call).await?.into_inner();
     let mut clusters = 0usize;
     let mut subscribed_routes = false;
     let mut announced = false;
@@ -117,19 +208,36 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let credentials = match (&args.token, &args.identity) {
+        (Some(token), Some(identity)) => {
+            let (namespace, service_account) = identity.split_once('/').filter(|(n, s)| !n.is_empty() && !s.is_empty()).context("--identity is NAMESPACE/SERVICE_ACCOUNT")?;
+            let bearer = format!("Bearer {token}").parse().map_err(|_| anyhow::anyhow!("--token holds characters a gRPC header cannot carry"))?;
+            Some(Credentials { bearer, namespace: namespace.into(), service_account: service_account.into() })
+        }
+        _ => None,
+    };
+    let tls = match &args.tls_root {
+        Some(path) => Some(TlsConnector::new(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?, &args.server_name, &args.xds)?),
+        None => None,
+    };
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        channels.push(tonic::transport::Endpoint::from_shared(format!("http://{}", args.xds))?.connect().await.context("connecting to the control plane")?);
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", args.xds))?;
+        let channel = match &tls {
+            Some(connector) => endpoint.connect_with_connector(connector.clone()).await,
+            None => endpoint.connect().await,
+        };
+        channels.push(channel.context("connecting to the control plane")?);
     }
     let (ready_tx, mut ready_rx) = mpsc::channel(args.proxies);
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
     let started = Instant::now();
     for i in 0..args.proxies {
         let ch = channels[i % channels.len()].clone();
-        let (ready, seen, rev, watched) = (ready_tx.clone(), seen_tx.clone(), args.revision.clone(), args.change_cluster.clone());
+        let (ready, seen, rev, watched, creds) = (ready_tx.clone(), seen_tx.clone(), args.revision.clone(), args.change_cluster.clone(), credentials.clone());
         let expect = args.expect_clusters;
         tokio::spawn(async move {
-            if let Err(e) = proxy(i, ch, rev, watched, ready, seen, expect).await {
+            if let Err(e) = proxy(i, ch, rev, creds, watched, ready, seen, expect).await {
                 eprintln!("proxy {i}: {e:#}");
             }
         });

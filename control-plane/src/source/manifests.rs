@@ -169,7 +169,7 @@ pub fn endpoints(v: &Value, _ns: &str, _name: &str) -> Result<Vec<Endpoint>, Str
         let ports = endpoint_ports(&subset["ports"], &format!("subsets[{si}].ports"))?;
         for (field, ready) in [("addresses", true), ("notReadyAddresses", false)] {
             for (ai, a) in subset[field].as_array().into_iter().flatten().enumerate() {
-                out.push(Endpoint { ip: ip(&a["ip"], &format!("subsets[{si}].{field}[{ai}].ip"))?, ready, ports: ports.clone() });
+                out.push(Endpoint { ip: ip(&a["ip"], &format!("subsets[{si}].{field}[{ai}].ip"))?, ready, ports: ports.clone(), zone: None });
             }
         }
     }
@@ -184,8 +184,10 @@ pub fn endpoint_slice(v: &Value, ns: &str) -> Result<(ServiceKey, Vec<Endpoint>)
     let mut out = Vec::new();
     for (ei, e) in v["endpoints"].as_array().into_iter().flatten().enumerate() {
         let ready = e["conditions"]["ready"].as_bool().unwrap_or(true);
+        // discovery.k8s.io/v1 says `zone`; v1beta1 (Kubernetes 1.20) said it in `topology`.
+        let zone = e["zone"].as_str().or_else(|| e["topology"]["topology.kubernetes.io/zone"].as_str()).filter(|z| !z.is_empty()).map(str::to_string);
         for (ai, a) in e["addresses"].as_array().into_iter().flatten().enumerate() {
-            out.push(Endpoint { ip: ip(a, &format!("endpoints[{ei}].addresses[{ai}]"))?, ready, ports: ports.clone() });
+            out.push(Endpoint { ip: ip(a, &format!("endpoints[{ei}].addresses[{ai}]"))?, ready, ports: ports.clone(), zone: zone.clone() });
         }
     }
     Ok((ServiceKey::new(ns, service), out))

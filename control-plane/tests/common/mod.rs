@@ -102,15 +102,53 @@ pub fn envoy_with(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool,
     envoy_full(dir, name, xds, revision, delta, metadata, None)
 }
 
-/// Envoy reaching ADS on the TLS port, verifying the control plane's
-/// certificate against the mesh root and its service name, as a sidecar does.
-pub fn envoy_over_tls(dir: &Path, name: &str, tls_port: u16, revision: &str, root: &Path) -> (Proc, u16, u16) {
-    envoy_full(dir, name, tls_port, revision, true, "REVMESH_INTERCEPTION: NONE", Some(root))
+/// How an Envoy on the TLS port proves its workload identity.
+pub enum Credential<'a> {
+    None,
+    /// Sent as gRPC metadata `authorization: Bearer <token>` (bootstrap `initial_metadata`).
+    Token(&'a str),
+    /// A mesh certificate chain and its key (PEM files), presented in the TLS handshake.
+    Certificate { chain: &'a Path, key: &'a Path },
 }
 
-fn envoy_full(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool, metadata: &str, tls_root: Option<&Path>) -> (Proc, u16, u16) {
+/// Envoy reaching ADS on the TLS port, verifying the control plane's
+/// certificate against the mesh root and its service name, as a sidecar does;
+/// `metadata` holds the identity it claims (`NAMESPACE: x, SERVICE_ACCOUNT: y`).
+pub fn envoy_over_tls(dir: &Path, name: &str, tls_port: u16, revision: &str, root: &Path, metadata: &str, credential: Credential<'_>) -> (Proc, u16, u16) {
+    envoy_full(dir, name, tls_port, revision, true, &format!("REVMESH_INTERCEPTION: NONE, {metadata}"), Some((root, credential)))
+}
+
+/// Envoy's log with the percent-encoding of gRPC status messages undone.
+pub fn envoy_log(dir: &Path, name: &str) -> String {
+    let raw = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+    let bytes = raw.as_bytes();
+    let (mut out, mut i) = (Vec::with_capacity(bytes.len()), 0);
+    while i < bytes.len() {
+        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn envoy_full(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool, metadata: &str, tls: Option<(&Path, Credential<'_>)>) -> (Proc, u16, u16) {
     let (listen, admin) = (free_port(), free_port());
-    let transport = match tls_root {
+    let (client_certificate, initial_metadata) = match tls.as_ref().map(|(_, c)| c) {
+        Some(Credential::Certificate { chain, key }) => {
+            (format!("          tls_certificates: [{{certificate_chain: {{filename: \"{}\"}}, private_key: {{filename: \"{}\"}}}}]\n", chain.display(), key.display()), String::new())
+        }
+        Some(Credential::Token(token)) => (String::new(), format!("{{key: authorization, value: \"Bearer {token}\"}}")),
+        _ => (String::new(), String::new()),
+    };
+    let transport = match tls.as_ref().map(|(root, _)| root) {
         None => String::new(),
         Some(root) => format!(
             r#"    transport_socket:
@@ -123,12 +161,12 @@ fn envoy_full(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool, met
           validation_context:
             trusted_ca: {{filename: "{}"}}
             match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: control-plane-{revision}.revmesh-system.svc}}}}]
-"#,
+{client_certificate}"#,
             root.display()
         ),
     };
     let metadata = format!(r#"REVMESH_REVISION: "{revision}", REVMESH_OUTBOUND_ADDRESS: "127.0.0.1:{listen}", {metadata}"#);
-    let bootstrap = kube_harness::envoy::ads_bootstrap(&kube_harness::envoy::AdsBootstrap {
+    let bootstrap = kube_harness::envoy::ads_bootstrap_authenticated(&kube_harness::envoy::AdsBootstrap {
         node_id: name,
         node_cluster: "test",
         metadata: &metadata,
@@ -136,7 +174,7 @@ fn envoy_full(dir: &Path, name: &str, xds: u16, revision: &str, delta: bool, met
         xds_port: xds,
         delta,
         transport: &transport,
-    });
+    }, &initial_metadata);
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, bootstrap).expect("bootstrap");
     let child = Command::new("envoy")

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub fn data_dir() -> std::path::PathBuf {
@@ -422,9 +422,11 @@ pub struct Subgraphs {
     pub down: Arc<BTreeMap<&'static str, AtomicBool>>,
     /// Requests served, per subgraph.
     pub requests: Arc<BTreeMap<&'static str, AtomicUsize>>,
+    /// Milliseconds each answer of a subgraph is held back (0: none).
+    pub delay_ms: Arc<BTreeMap<&'static str, AtomicU64>>,
 }
 
-type Exec = Arc<
+pub type Exec = Arc<
     dyn Fn(async_graphql::Request) -> futures::future::BoxFuture<'static, async_graphql::Response>
         + Send
         + Sync,
@@ -500,9 +502,15 @@ pub async fn serve(at: std::net::SocketAddr, routes: BTreeMap<&'static str, Exec
     );
     let requests: Arc<BTreeMap<&'static str, AtomicUsize>> =
         Arc::new(routes.keys().map(|k| (*k, AtomicUsize::new(0))).collect());
+    let delay_ms: Arc<BTreeMap<&'static str, AtomicU64>> =
+        Arc::new(routes.keys().map(|k| (*k, AtomicU64::new(0))).collect());
     let listener = tokio::net::TcpListener::bind(at).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (down2, requests2) = (Arc::clone(&down), Arc::clone(&requests));
+    let (down2, requests2, delay2) = (
+        Arc::clone(&down),
+        Arc::clone(&requests),
+        Arc::clone(&delay_ms),
+    );
     let documents: Arc<
         std::sync::Mutex<
             std::collections::HashMap<String, async_graphql::parser::types::ExecutableDocument>,
@@ -513,19 +521,21 @@ pub async fn serve(at: std::net::SocketAddr, routes: BTreeMap<&'static str, Exec
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let (routes, down, requests, documents) = (
+            let (routes, down, requests, delay, documents) = (
                 Arc::clone(&routes),
                 Arc::clone(&down2),
                 Arc::clone(&requests2),
+                Arc::clone(&delay2),
                 Arc::clone(&documents),
             );
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (routes, down, requests, documents) = (
+                        let (routes, down, requests, delay, documents) = (
                             Arc::clone(&routes),
                             Arc::clone(&down),
                             Arc::clone(&requests),
+                            Arc::clone(&delay),
                             Arc::clone(&documents),
                         );
                         async move {
@@ -577,6 +587,10 @@ pub async fn serve(at: std::net::SocketAddr, routes: BTreeMap<&'static str, Exec
                                     }
                                 }
                             }
+                            let hold = delay[key].load(Ordering::Relaxed);
+                            if hold > 0 {
+                                tokio::time::sleep(std::time::Duration::from_millis(hold)).await;
+                            }
                             let response = exec(request).await;
                             reply(200, serde_json::to_vec(&response).unwrap_or_default())
                         }
@@ -592,6 +606,7 @@ pub async fn serve(at: std::net::SocketAddr, routes: BTreeMap<&'static str, Exec
         addr,
         down,
         requests,
+        delay_ms,
     }
 }
 
@@ -610,6 +625,8 @@ pub fn config_for(addr: std::net::SocketAddr, extra: &str) -> String {
 /// Two subgraphs over an interface and a union: `search` owns `Media`
 /// (interface), `SearchResult` (union), and `Book`/`Movie` with their titles;
 /// `ratings` adds `rating` to both entity types.
+pub mod features;
+
 pub mod media {
     use async_graphql::{
         EmptyMutation, EmptySubscription, Interface, Object, Schema, SimpleObject, Union, ID,

@@ -1,5 +1,8 @@
 //! Shared pieces of Revmesh's end-to-end tests: the webhook as a real process,
-//! its registration with the API server, and small HTTP helpers.
+//! its registration with the API server, small HTTP helpers, and (in [`node`])
+//! installing the mesh on the harness's real node.
+
+pub mod node;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
@@ -169,4 +172,29 @@ pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Value {
 /// A `kind: List` of objects, for one `kubectl apply`.
 pub fn list(items: Vec<Value>) -> String {
     json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}
+
+/// Runs git in `repo`; fails with its stderr.
+pub fn git(repo: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git").arg("-C").arg(repo).args(args).output().context("git")?;
+    if !out.status.success() {
+        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The workloads (`namespace/name` keys) that rollouts.yml, as written in
+/// `rollouts_text`, puts on `version`.
+pub fn workloads_on(rollouts_text: &str, keys: &[String], version: &str) -> Result<std::collections::BTreeSet<String>> {
+    let r = rollouts::parse(rollouts_text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = std::collections::BTreeSet::new();
+    for key in keys {
+        let (ns, wl) = key.split_once('/').context("a key is namespace/workload")?;
+        if let rollouts::Evaluation::Assigned { version: v, .. } = r.evaluate(&rollouts::PodFacts { namespace: ns, workload: wl, ..Default::default() }) {
+            if v.as_str() == version {
+                out.insert(key.clone());
+            }
+        }
+    }
+    Ok(out)
 }

@@ -6,8 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use kube_harness::{free_port, wait_for, workspace_bin, Cluster, Process};
-use revmesh_e2e::{http_get, list, namespace, WebhookProcess};
-use rollouts::{Evaluation, PodFacts};
+use revmesh_e2e::{git, http_get, list, namespace, workloads_on, WebhookProcess};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -32,14 +31,6 @@ rules:
   - namespaces: [\"*\"]
     distribution: {1-24-5: 100}
 ";
-
-fn git(repo: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("git").arg("-C").arg(repo).args(args).output().context("git")?;
-    if !out.status.success() {
-        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 struct Meshctl {
     bin: PathBuf,
@@ -103,18 +94,7 @@ impl Meshctl {
 }
 
 fn render(chart: &str, name: &str, args: &[&str]) -> Result<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("python3")
-        .arg(root.join("tests/helm/render.py"))
-        .arg(root.join("charts").join(chart))
-        .args(["--name", name, "--namespace", "revmesh-system"])
-        .args(args)
-        .output()
-        .context("python3")?;
-    if !out.status.success() {
-        bail!("rendering charts/{chart} failed (pip install helm-python-sdk):\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    revmesh_e2e::node::render(chart, name, "revmesh-system", args)
 }
 
 fn control_plane(dir: &Path, cluster: &Cluster, revision: &str) -> Result<(Process, u16, u16)> {
@@ -179,20 +159,6 @@ fn pod_versions(cluster: &Cluster) -> Result<BTreeMap<String, Vec<String>>> {
     Ok(out)
 }
 
-/// The workloads rollouts.yml (as committed) puts on `version`.
-fn expected_on(rollouts_text: &str, keys: &[String], version: &str) -> Result<BTreeSet<String>> {
-    let r = rollouts::parse(rollouts_text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut out = BTreeSet::new();
-    for key in keys {
-        let (ns, wl) = key.split_once('/').context("key")?;
-        if let Evaluation::Assigned { version: v, .. } = r.evaluate(&PodFacts { namespace: ns, workload: wl, ..Default::default() }) {
-            if v.as_str() == version {
-                out.insert(key.clone());
-            }
-        }
-    }
-    Ok(out)
-}
 
 /// Waits until every workload has exactly one live pod, on the version `on_b` says.
 fn wait_for_fleet(cluster: &mut Cluster, keys: &[String], on_b: &BTreeSet<String>) -> Result<()> {
@@ -227,7 +193,7 @@ fn restart(meshctl: &Meshctl, cluster: &mut Cluster, keys: &[String], expected_r
         bail!("restart: expected {expected_restarts} restarts, got {out}");
     }
     let committed = std::fs::read_to_string(&meshctl.rollouts)?;
-    wait_for_fleet(cluster, keys, &expected_on(&committed, keys, B)?)?;
+    wait_for_fleet(cluster, keys, &workloads_on(&committed, keys, B)?)?;
     let status = meshctl.json(&["upgrade", "status"])?;
     if status["workloadsToRestart"] != 0 {
         bail!("after restart, status still lists workloads to restart: {status}");
@@ -392,7 +358,7 @@ fn scenario(cluster: &mut Cluster) -> Result<()> {
     if !text_10.starts_with("# Mesh versions for the test fleet.") || !text_10.contains("  # Teams move workload by workload.") {
         bail!("the edit lost the file's comments:\n{text_10}");
     }
-    let set_10 = expected_on(&text_10, &keys, B)?;
+    let set_10 = workloads_on(&text_10, &keys, B)?;
     if set_10.is_empty() || set_10.len() > 15 || set_10.len() != plan_first {
         bail!("10% moved {} of 60 workloads (plan said {plan_first})", set_10.len());
     }
@@ -410,7 +376,7 @@ fn scenario(cluster: &mut Cluster) -> Result<()> {
 
     // 6. Advance to 50% and 100%.
     meshctl.ok(&["upgrade", "advance", "--commit"])?;
-    let set_50 = expected_on(&std::fs::read_to_string(&meshctl.rollouts)?, &keys, B)?;
+    let set_50 = workloads_on(&std::fs::read_to_string(&meshctl.rollouts)?, &keys, B)?;
     if !set_50.is_superset(&set_10) {
         bail!("50% does not keep the 10% set on B");
     }
@@ -421,7 +387,7 @@ fn scenario(cluster: &mut Cluster) -> Result<()> {
 
     // 7. Roll back one step, then to 0%: exactly the workloads that moved come back.
     meshctl.ok(&["upgrade", "rollback", "--commit"])?;
-    if expected_on(&std::fs::read_to_string(&meshctl.rollouts)?, &keys, B)? != set_50 {
+    if workloads_on(&std::fs::read_to_string(&meshctl.rollouts)?, &keys, B)? != set_50 {
         bail!("rolling back to 50% did not restore the 50% set exactly");
     }
     restart(&meshctl, cluster, &keys, keys.len() - set_50.len())?;

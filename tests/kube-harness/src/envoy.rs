@@ -16,6 +16,13 @@ pub struct AdsBootstrap<'a> {
 }
 
 pub fn ads_bootstrap(b: &AdsBootstrap<'_>) -> String {
+    ads_bootstrap_authenticated(b, "")
+}
+
+/// As [`ads_bootstrap`], with gRPC metadata Envoy sends on every xDS stream
+/// (entries of a YAML flow sequence, e.g. `{key: authorization, value: "Bearer …"}`):
+/// how a proxy presents its service-account token to the control plane.
+pub fn ads_bootstrap_authenticated(b: &AdsBootstrap<'_>, initial_metadata: &str) -> String {
     format!(
         r#"node:
   id: "{node_id}"
@@ -27,7 +34,7 @@ dynamic_resources:
   ads_config:
     api_type: {api}
     transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}, initial_metadata: [{initial_metadata}]}}]
   cds_config: {{ads: {{}}, resource_api_version: V3}}
   lds_config: {{ads: {{}}, resource_api_version: V3}}
 static_resources:
@@ -50,5 +57,6 @@ static_resources:
         xds = b.xds_port,
         transport = b.transport,
         api = if b.delta { "DELTA_GRPC" } else { "GRPC" },
+        initial_metadata = initial_metadata,
     )
 }

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod envoy;
+pub mod node;
 pub mod tls;
 
 const INSTALL_HINT: &str = "install it with: bash tests/harness/install-kube.sh (builds kube-apiserver 1.20 from Debian's source package, installs etcd-server)";
@@ -56,7 +57,17 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Process> {
+    pub fn spawn(name: &str, cmd: Command, log_dir: &Path) -> Result<Process> {
+        Self::spawn_as(name, cmd, log_dir, None)
+    }
+
+    /// Like [`Process::spawn`], with the child's group set to `gid` (the node
+    /// rig tags its processes' packets with it, see [`node`]).
+    pub fn spawn_as(name: &str, mut cmd: Command, log_dir: &Path, gid: Option<u32>) -> Result<Process> {
+        if let Some(gid) = gid {
+            use std::os::unix::process::CommandExt;
+            cmd.gid(gid);
+        }
         let log = log_dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
         cmd.stdout(file.try_clone()?).stderr(file).stdin(Stdio::null());
@@ -152,15 +163,38 @@ pub struct Cluster {
     etcd: Process,
     apiserver_bin: PathBuf,
     apiserver_args: Vec<String>,
+    gid: Option<u32>,
     pub server: String,
     pub kubeconfig: PathBuf,
     pub dir: tempfile::TempDir,
+}
+
+/// Where and how the control plane listens.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The API server's bind and advertise address. Loopback (the default)
+    /// serves processes on this host only; the node rig passes its bridge
+    /// address so pods reach the API server through the `kubernetes` Service.
+    pub address: std::net::Ipv4Addr,
+    /// Group id given to every process started (see [`node`]), if any.
+    pub gid: Option<u32>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { address: std::net::Ipv4Addr::LOCALHOST, gid: None }
+    }
 }
 
 impl Cluster {
     /// Starts etcd, kube-apiserver and kube-controller-manager and waits until
     /// the API server is ready and the default service account has its token.
     pub fn start() -> Result<Cluster> {
+        Self::start_with(ClusterOptions::default())
+    }
+
+    /// [`Cluster::start`] with the API server on `options.address`.
+    pub fn start_with(options: ClusterOptions) -> Result<Cluster> {
         let bin = kube_bin_dir();
         let apiserver_bin = bin.join("kube-apiserver");
         let cm_bin = bin.join("kube-controller-manager");
@@ -190,7 +224,7 @@ impl Cluster {
             &format!("--initial-cluster=test=http://127.0.0.1:{etcd_peer}"),
             "--unsafe-no-fsync",
         ]);
-        let mut etcd = Process::spawn("etcd", cmd, d)?;
+        let mut etcd = Process::spawn_as("etcd", cmd, d, options.gid)?;
         wait_for("etcd to listen", Duration::from_secs(30), || {
             etcd.check_alive()?;
             Ok(std::net::TcpStream::connect(("127.0.0.1", etcd_port)).ok().map(|_| ()))
@@ -207,10 +241,14 @@ impl Cluster {
         std::fs::write(d.join("tokens.csv"), format!("{token},admin,admin,\"system:masters\"\n"))?;
 
         let api_port = free_port()?;
+        let address = options.address;
+        // A loopback address cannot be a Service endpoint: only a routable
+        // one lets the API server publish itself as `kubernetes.default`.
+        let reconciler = if address.is_loopback() { "none" } else { "lease" };
         let api_args: Vec<String> = [
             &format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            &format!("--bind-address={address}"),
+            &format!("--advertise-address={address}"),
             &format!("--secure-port={api_port}"),
             &format!("--cert-dir={}", pki.display()),
             &format!("--token-auth-file={}", d.join("tokens.csv").display()),
@@ -220,14 +258,17 @@ impl Cluster {
             &format!("--service-account-signing-key-file={}", sa_key_path.display()),
             "--service-cluster-ip-range=10.96.0.0/24",
             "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
-            "--endpoint-reconciler-type=none",
+            &format!("--endpoint-reconciler-type={reconciler}"),
             "--allow-privileged=true",
+            // Reach kubelets (logs, exec) by the address they report, never
+            // by looking their hostname up in the host's DNS.
+            "--kubelet-preferred-address-types=InternalIP",
         ]
         .iter()
         .map(|a| a.to_string())
         .collect();
-        let mut apiserver = spawn_apiserver(&apiserver_bin, &api_args, d)?;
-        let server = format!("https://127.0.0.1:{api_port}");
+        let mut apiserver = spawn_apiserver(&apiserver_bin, &api_args, d, options.gid)?;
+        let server = format!("https://{address}:{api_port}");
 
         let ca = pki.join("apiserver.crt");
         let kubeconfig = d.join("kubeconfig");
@@ -260,10 +301,10 @@ impl Cluster {
             "--kube-api-burst=400",
             "--concurrent-deployment-syncs=10",
             "--concurrent-replicaset-syncs=10",
-            "--controllers=*,-nodeipam,-nodelifecycle,-attachdetach,-persistentvolume-binder,-route,-service",
+            "--controllers=*,-nodeipam,-attachdetach,-persistentvolume-binder,-route,-service",
         ]);
-        let controller_manager = Process::spawn("kube-controller-manager", cmd, d)?;
-        let mut cluster = Cluster { controller_manager, apiserver: Some(apiserver), etcd, server, kubeconfig, dir, apiserver_bin, apiserver_args: api_args };
+        let controller_manager = Process::spawn_as("kube-controller-manager", cmd, d, options.gid)?;
+        let mut cluster = Cluster { controller_manager, apiserver: Some(apiserver), etcd, server, kubeconfig, dir, apiserver_bin, apiserver_args: api_args, gid: options.gid };
         cluster.wait_for_service_account("default")?;
         Ok(cluster)
     }
@@ -284,7 +325,7 @@ impl Cluster {
 
     /// Starts the API server again on the same port, certificates and etcd.
     pub fn start_apiserver(&mut self) -> Result<()> {
-        let mut apiserver = spawn_apiserver(&self.apiserver_bin, &self.apiserver_args, self.dir.path())?;
+        let mut apiserver = spawn_apiserver(&self.apiserver_bin, &self.apiserver_args, self.dir.path(), self.gid)?;
         let kubeconfig = self.kubeconfig.clone();
         wait_for("kube-apiserver /readyz after a restart", Duration::from_secs(90), || {
             apiserver.check_alive()?;
@@ -370,10 +411,10 @@ impl Cluster {
     }
 }
 
-fn spawn_apiserver(bin: &Path, args: &[String], dir: &Path) -> Result<Process> {
+fn spawn_apiserver(bin: &Path, args: &[String], dir: &Path, gid: Option<u32>) -> Result<Process> {
     let mut cmd = Command::new(bin);
     cmd.args(args);
-    Process::spawn("kube-apiserver", cmd, dir)
+    Process::spawn_as("kube-apiserver", cmd, dir, gid)
 }
 
 fn kubectl_raw(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> Result<std::process::Output> {
