@@ -151,6 +151,10 @@ pub fn meshed_namespace(node: &mut Node, name: &str) -> Result<()> {
     cluster.wait_for_service_account(name)
 }
 
+/// The proxy CPU annotation of [`server_manifest`]'s pods, for tests that add
+/// annotations beside it.
+pub const SERVER_PROXY_CPU: &str = "sidecar.revmesh.io/proxyCPU: 20m";
+
 /// A Deployment + Service running `mesh-app serve` (HTTP on 8080, Service port 80).
 pub fn server_manifest(namespace: &str, name: &str, replicas: u32, service_account: &str) -> String {
     format!(
@@ -168,8 +172,12 @@ spec:
     metadata:
       labels: {{app: {name}}}
       # The test node has 2 cores: at the default 100m per proxy it fits
-      # fewer than 20 meshed pods.
-      annotations: {{sidecar.revmesh.io/proxyCPU: 10m}}
+      # fewer than 20 meshed pods. Small requests, but not none: the node's
+      # containers get CPU weight from their requests (cgroup v1 shares), and
+      # the API server, etcd, kubelet and containerd beside them run at full
+      # weight, so a container with no request (weight 2) can wait seconds
+      # for a core while pods are being replaced.
+      annotations: {{{SERVER_PROXY_CPU}}}
     spec:
       serviceAccountName: {service_account}
       terminationGracePeriodSeconds: 20
@@ -178,6 +186,7 @@ spec:
           image: revmesh.local/mesh-app:{TAG}
           imagePullPolicy: IfNotPresent
           args: [serve, --port, "8080", --name, {name}]
+          resources: {{requests: {{cpu: 20m}}}}
           env:
             - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
             - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}

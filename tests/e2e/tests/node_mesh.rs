@@ -7,7 +7,7 @@
 use anyhow::{bail, Context, Result};
 use kube_harness::node::Node;
 use kube_harness::{wait_for, workspace_bin};
-use revmesh_e2e::node::{exec, install_mesh, load_images, meshed_namespace, netns_of, pod, pod_names, proxy_image, rollouts_yaml, server_manifest, sidecar_endpoints, A, B};
+use revmesh_e2e::node::{exec, install_mesh, load_images, meshed_namespace, netns_of, pod, pod_names, proxy_image, rollouts_yaml, server_manifest, sidecar_endpoints, A, B, SERVER_PROXY_CPU};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -61,10 +61,12 @@ fn the_mesh_carries_traffic_between_pods_on_a_real_node() -> Result<()> {
         manifests.push_str(&server_manifest("plain", "outsider", 1, "outsider"));
         manifests.push_str("---\n");
         // A STRICT server: plaintext callers are refused.
-        manifests.push_str(&server_manifest("shop", "vault", 1, "vault").replace(
-            "annotations: {sidecar.revmesh.io/proxyCPU: 10m}",
-            "annotations: {sidecar.revmesh.io/proxyCPU: 10m, sidecar.revmesh.io/inboundMode: STRICT}",
-        ));
+        let vault = server_manifest("shop", "vault", 1, "vault");
+        let strict_vault = vault.replace(SERVER_PROXY_CPU, &format!("{SERVER_PROXY_CPU}, sidecar.revmesh.io/inboundMode: STRICT"));
+        if strict_vault == vault {
+            bail!("server_manifest no longer carries {SERVER_PROXY_CPU:?}: the vault would not be STRICT");
+        }
+        manifests.push_str(&strict_vault);
         cluster.kubectl_input(&["apply", "-f", "-"], Some(&manifests))?;
         for (ns, app) in [("shop", "server"), ("shop", "client"), ("plain", "outsider"), ("shop", "vault")] {
             node.wait_ready(ns, &format!("app={app}"), 1, WAIT)?;

@@ -139,12 +139,16 @@ spec:
   replicas: 1
   selector: {{matchLabels: {{run: load}}}}
   template:
-    metadata: {{labels: {{run: load}}, annotations: {{sidecar.revmesh.io/proxyCPU: 10m, sidecar.revmesh.io/holdApplicationUntilProxyStarts: "true"}}}}
+    # The load generator is the measuring instrument: with a CPU weight near
+    # the minimum its timers fired seconds late whenever the node was busy
+    # replacing pods, and on-time answers were counted as timeouts.
+    metadata: {{labels: {{run: load}}, annotations: {{sidecar.revmesh.io/proxyCPU: 200m, sidecar.revmesh.io/holdApplicationUntilProxyStarts: "true"}}}}
     spec:
       containers:
         - name: app
           image: revmesh.local/mesh-app:{TAG}
           imagePullPolicy: IfNotPresent
+          resources: {{requests: {{cpu: 300m}}}}
           args: [load, --rate, "{RATE}", --stats-port, "{STATS_PORT}", --timeout, 5s, --window, 5s, {args}]
 "#,
         args = args.join(", ")
@@ -189,6 +193,7 @@ fn a_canary_upgrade_under_live_traffic_loses_no_request() -> Result<()> {
             }
         }
         meshed_namespace(node, "loadgen")?;
+        node.logged_namespaces.push("loadgen".into());
         node.cluster()?.kubectl(&["label", "namespace", "loadgen", &format!("revmesh.io/rev={B}")])?;
         node.cluster()?.kubectl_input(&["apply", "-f", "-"], Some(&manifests))?;
         for i in 0..NAMESPACES {
@@ -227,6 +232,8 @@ fn a_canary_upgrade_under_live_traffic_loses_no_request() -> Result<()> {
         let mut previous: BTreeSet<String> = BTreeSet::new();
         for (name, args) in plan {
             let step_start = Instant::now();
+            // Wall-clock start, to line failures (`unix_ms`) up with steps.
+            let step_unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
             if name == "finish" {
                 // `finish` refuses while a pod of A is still terminating (its
                 // proxy stays connected to A until the app has exited): a user
@@ -245,8 +252,8 @@ fn a_canary_upgrade_under_live_traffic_loses_no_request() -> Result<()> {
             }
             check_fleet(node, &meshctl, &keys, &on_b)?;
             let took = step_start.elapsed();
-            eprintln!("step {name}: {} on B, {moved} workloads moved, {:.1} s", on_b.len(), took.as_secs_f64());
-            steps.push(json!({"step": name, "on_b": on_b.len(), "moved": moved, "seconds": took.as_secs_f64()}));
+            eprintln!("step {name}: {} on B, {moved} workloads moved, {:.1} s from unix_ms {step_unix_ms}", on_b.len(), took.as_secs_f64());
+            steps.push(json!({"step": name, "on_b": on_b.len(), "moved": moved, "seconds": took.as_secs_f64(), "started_unix_ms": step_unix_ms}));
             previous = on_b;
         }
         if previous.len() != keys.len() {

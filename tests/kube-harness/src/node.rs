@@ -409,6 +409,9 @@ pub struct Node {
     host: Option<HostState>,
     pub containerd_socket: PathBuf,
     pub dir: tempfile::TempDir,
+    /// Namespaces whose containers' logs a failure prints even when their
+    /// pods are Ready (the mesh's own, and a test's load generator, say).
+    pub logged_namespaces: Vec<String>,
     /// Held while the node runs: one rig per host (the bridge, the subnet and
     /// the iptables snapshot are host-wide). Dropped last.
     _host_lock: std::fs::File,
@@ -446,6 +449,7 @@ impl Node {
             host: Some(host),
             containerd_socket: PathBuf::new(),
             dir,
+            logged_namespaces: vec!["revmesh-system".into()],
             _host_lock: host_lock,
         };
         node.start_components().map(|()| node)
@@ -646,6 +650,13 @@ impl Node {
     /// Logs of every component, for failure messages.
     pub fn diagnostics(&self) -> String {
         let mut parts: Vec<String> = self.processes.iter().map(|p| format!("--- {} ---\n{}", p.name, p.log_summary(25))).collect();
+        // Failed readiness probes take pods out of their Services' endpoints:
+        // the first thing to know when requests found no endpoint.
+        if let Some(kubelet) = self.processes.iter().find(|p| p.name == "kubelet") {
+            let text = std::fs::read_to_string(&kubelet.log).unwrap_or_default();
+            let probes: Vec<&str> = text.lines().filter(|l| l.contains("prober.go") && l.contains("failed")).collect();
+            parts.push(format!("--- kubelet: failed probes ({} in all, last 40) ---\n{}", probes.len(), probes[probes.len().saturating_sub(40)..].join("\n")));
+        }
         if let Some(c) = &self.cluster {
             parts.push(c.diagnostics());
             if let Ok(events) = c.kubectl(&["get", "events", "--all-namespaces", "--sort-by=.lastTimestamp"]) {
@@ -655,18 +666,21 @@ impl Node {
             if let Ok(pods) = c.kubectl(&["get", "pods", "--all-namespaces", "-o", "wide"]) {
                 parts.push(format!("--- pods ---\n{pods}"));
             }
-            // Logs of the containers of pods that are not Ready: why they are not.
+            // Logs of the containers of pods that are not Ready (why they are
+            // not), and of every pod in the logged namespaces.
             if let Ok(list) = c.get_json(&["get", "pods", "--all-namespaces"]) {
                 for pod in list["items"].as_array().into_iter().flatten() {
                     let ready = pod["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
                     let (Some(ns), Some(name)) = (pod["metadata"]["namespace"].as_str(), pod["metadata"]["name"].as_str()) else { continue };
-                    if ready {
+                    let always = self.logged_namespaces.iter().any(|n| n == ns);
+                    if ready && !always {
                         continue;
                     }
+                    let state = if ready { "ready" } else { "not ready" };
                     for container in pod["spec"]["containers"].as_array().into_iter().chain(pod["spec"]["initContainers"].as_array()).flatten() {
                         let Some(cname) = container["name"].as_str() else { continue };
-                        let logs = c.kubectl(&["-n", ns, "logs", name, "-c", cname, "--tail=30"]).unwrap_or_else(|e| format!("(no logs: {e:#})"));
-                        parts.push(format!("--- {ns}/{name} {cname} (not ready) ---\n{logs}"));
+                        let logs = c.kubectl(&["-n", ns, "logs", name, "-c", cname, "--tail=40"]).unwrap_or_else(|e| format!("(no logs: {e:#})"));
+                        parts.push(format!("--- {ns}/{name} {cname} ({state}) ---\n{logs}"));
                     }
                 }
             }
