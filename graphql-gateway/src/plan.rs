@@ -120,13 +120,19 @@ fn fieldset_selection(set: &FieldSet) -> Vec<SubField> {
     }
     for (name, sub) in &set.0 {
         match FieldSet::condition(name) {
-            // An inline fragment: its fields under its type condition.
+            // An inline fragment: its fields under its type condition. A
+            // fragment nested in it keeps its own, narrower condition (the
+            // objects it selects are of both types).
             Some(type_name) => {
-                for f in fieldset_selection(sub) {
+                // (`__typename` is asked once, above, for the whole object.)
+                for f in fieldset_selection(sub)
+                    .into_iter()
+                    .filter(|f| f.name != "__typename")
+                {
                     add_unique(
                         &mut out,
                         SubField {
-                            condition: Some(type_name.to_string()),
+                            condition: f.condition.clone().or_else(|| Some(type_name.to_string())),
                             ..f
                         },
                     );
@@ -150,15 +156,6 @@ fn fieldset_selection(set: &FieldSet) -> Vec<SubField> {
 /// The number of fields in `fields`, through their sub-selections.
 fn count(fields: &[Field]) -> usize {
     fields.iter().map(|f| 1 + count(&f.children)).sum()
-}
-
-/// Adds the fields of `more` that `set` lacks.
-fn union_into(set: &mut FieldSet, more: &FieldSet) {
-    for item in &more.0 {
-        if !set.0.iter().any(|i| i.0 == item.0) {
-            set.0.push(item.clone());
-        }
-    }
 }
 
 /// How many subgraphs a chain of `@requires` may pass through (each
@@ -241,7 +238,11 @@ impl Planner<'_> {
         let type_name = at.type_name;
         let mut deps = Vec::new();
         for (name, sub) in &needed.0 {
-            if self.sg.resolves(at.graph, type_name, name) {
+            // A field the parent's subgraph computes from fields it
+            // `@requires` is fetched from it as an entity, like any other.
+            let computed_there =
+                self.requires_representation(at.fetch, at.graph, type_name, name, at.path);
+            if self.sg.resolves(at.graph, type_name, name) && !computed_there {
                 for f in fieldset_selection(&FieldSet(vec![(name.clone(), sub.clone())])) {
                     add_unique(
                         from_here,
@@ -266,7 +267,7 @@ impl Planner<'_> {
                 .unwrap_or_default();
             let provider = graphs
                 .iter()
-                .filter(|g| **g != target && **g != at.graph)
+                .filter(|g| **g != target && (**g != at.graph || computed_there))
                 .find(|g| {
                     self.key_for(g, type_name, at.graph).is_some_and(|k| {
                         k.0.iter()
@@ -336,7 +337,7 @@ impl Planner<'_> {
                     }
                 }
                 if let FetchKind::Entity { requires, .. } = &mut p.kind {
-                    union_into(requires, &provider_requires);
+                    requires.merge(&self.sg.concrete_field_set(type_name, &provider_requires));
                 }
             }
             add_unique(
@@ -377,6 +378,31 @@ impl Planner<'_> {
                 && self.sg.key(g, parent).is_some()
                 && self.coverage(g, field.output(), &field.children).0 > here
         })
+    }
+
+    /// Whether `field`, which `graph` resolves, `@requires` fields there
+    /// that only an entity fetch's representation can bring: the current
+    /// fetch is not already that entity fetch (of `owner_type` at `path`).
+    /// Asked in a root or nested selection, the subgraph would compute the
+    /// field without the required fields, so it goes through `_entities`
+    /// to the same subgraph instead.
+    fn requires_representation(
+        &self,
+        fetch: usize,
+        graph: &str,
+        owner_type: &str,
+        field: &str,
+        path: &[String],
+    ) -> bool {
+        let requires = self
+            .sg
+            .field(owner_type, field)
+            .and_then(|i| i.requires.get(graph));
+        if requires.is_none_or(|r| r.0.is_empty()) {
+            return false;
+        }
+        !matches!(&self.fetches[fetch].kind, FetchKind::Entity { type_name, path: at, accepts, .. }
+            if at.as_slice() == path && (type_name == owner_type || accepts.iter().any(|a| a == owner_type)))
     }
 
     /// The key of `type_name` to fetch entities from `target` by: one whose
@@ -563,6 +589,7 @@ impl Planner<'_> {
                 || provided_here.is_some()
                 || self.sg.resolves(graph, owner_type, &f.name)
                     && !self.better_elsewhere(graph, owner_type, f)
+                    && !self.requires_representation(fetch, graph, owner_type, &f.name, path)
             {
                 let mut path_next = path.to_vec();
                 path_next.push(f.key.clone());
@@ -697,11 +724,7 @@ impl Planner<'_> {
                     .field(owner_type, &f.name)
                     .and_then(|i| i.requires.get(owner))
                 {
-                    for item in &r.0 {
-                        if !req.0.contains(item) {
-                            req.0.push(item.clone());
-                        }
-                    }
+                    req.merge(r);
                 }
             }
             requires_of.insert(group.clone(), req);
@@ -729,12 +752,12 @@ impl Planner<'_> {
             // What this subgraph cannot answer comes from a sibling entity
             // fetch (a subgraph whose key this one can answer), which the
             // entity fetch then waits for.
-            let mut needed = FieldSet::default();
-            for item in key.0.iter().chain(requires.0.iter()) {
-                if !needed.0.iter().any(|n| n.0 == item.0) {
-                    needed.0.push(item.clone());
-                }
-            }
+            let mut needed = key.clone();
+            needed.merge(&requires);
+            // What the representation is written from: fragments on
+            // abstract types become one per object type (see
+            // `Supergraph::concrete_field_set`).
+            let requires = self.sg.concrete_field_set(&type_name, &requires);
             let supplied = self.supply(
                 &Supplying {
                     fetch,
@@ -763,7 +786,7 @@ impl Planner<'_> {
                         }
                     }
                     if let FetchKind::Entity { requires: r, .. } = &mut existing.kind {
-                        union_into(r, &requires);
+                        r.merge(&requires);
                     }
                     *id
                 }
@@ -1041,6 +1064,27 @@ mod tests {
         let planned = super::plan(&sg, "Query", "query", &query, later()).expect("plan");
         assert_eq!(planned.fetches.len(), 2);
         assert!(planned.fetches.iter().all(|f| f.deps.is_empty()));
+    }
+
+    #[test]
+    fn nested_fragments_of_a_field_set_keep_their_own_condition() {
+        let set =
+            FieldSet::parse("data { foo ... on Bar { bar ... on Baz { baz } } }").expect("set");
+        let selection = fieldset_selection(&set);
+        let data: Vec<(Option<&str>, &str)> = selection[0]
+            .children
+            .iter()
+            .map(|f| (f.condition.as_deref(), f.name.as_str()))
+            .collect();
+        assert_eq!(
+            data,
+            [
+                (None, "__typename"),
+                (None, "foo"),
+                (Some("Bar"), "bar"),
+                (Some("Baz"), "baz")
+            ]
+        );
     }
 
     #[test]

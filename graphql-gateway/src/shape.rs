@@ -175,6 +175,23 @@ impl<'a> Shaper<'a> {
             out.extend_from_slice(b"null");
             return Ok(());
         }
+        // An object of a type clients cannot see (`@inaccessible`, so not in
+        // the API schema) is not shown: null where the field is nullable, as
+        // Apollo Router and Hive Router answer; an error where it is not.
+        if let Value::Object(map) = value {
+            if let Some(hidden) = map
+                .get("__typename")
+                .and_then(Value::as_str)
+                .filter(|t| !self.schema.types.contains_key(*t))
+            {
+                if ty.is_non_null() {
+                    self.errors.push(json!({"message": format!("{parent_type}.{} resolved to an object of type {hidden}, which is not part of the API schema.", field.name), "path": self.path_json()}));
+                    return Err(Bubble);
+                }
+                out.extend_from_slice(b"null");
+                return Ok(());
+            }
+        }
         let start = out.len();
         let result = match ty {
             Type::List(inner) | Type::NonNullList(inner) => match value {

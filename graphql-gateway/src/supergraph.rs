@@ -50,6 +50,18 @@ impl FieldSet {
         self.0.iter().any(|(n, _)| Self::condition(n).is_some())
     }
 
+    /// Adds the entries of `other`, merging the sub-selections of entries
+    /// both have (`data { a }` and `data { b }` make `data { a b }`), so a
+    /// representation never carries one field twice.
+    pub fn merge(&mut self, other: &FieldSet) {
+        for (name, sub) in &other.0 {
+            match self.0.iter_mut().find(|(n, _)| n == name) {
+                Some((_, mine)) => mine.merge(sub),
+                None => self.0.push((name.clone(), sub.clone())),
+            }
+        }
+    }
+
     pub fn parse(text: &str) -> Result<FieldSet, String> {
         let tokens: Vec<String> = text
             .replace('{', " { ")
@@ -493,6 +505,62 @@ impl Supergraph {
             .find(|name| self.key(graph, name).is_some())
     }
 
+    /// The object types a value of `type_name` can have: its possible
+    /// types if it is abstract, else itself.
+    pub fn object_types<'t>(&'t self, type_name: &'t str) -> Vec<&'t str> {
+        match self.types.get(type_name) {
+            Some(t) if t.is_abstract => t.possible.iter().map(String::as_str).collect(),
+            _ => vec![type_name],
+        }
+    }
+
+    /// `set`, selected on objects of `parent`, with every inline fragment
+    /// on an abstract type replaced by one per object type it can match
+    /// (nested fragments flattened, fragments that cannot match dropped).
+    /// An object's `__typename` then says exactly which fragments apply to
+    /// it, which is how representations are written.
+    pub fn concrete_field_set(&self, parent: &str, set: &FieldSet) -> FieldSet {
+        let parent_types = self.object_types(parent);
+        let parent_is_object = !self.types.get(parent).is_some_and(|t| t.is_abstract);
+        let mut out = FieldSet::default();
+        for (name, sub) in &set.0 {
+            match FieldSet::condition(name) {
+                Some(condition) => {
+                    let matching: Vec<&str> = self
+                        .object_types(condition)
+                        .into_iter()
+                        .filter(|t| parent_types.contains(t))
+                        .collect();
+                    if parent_is_object {
+                        // The fragment applies to every object here, or to none.
+                        if !matching.is_empty() {
+                            out.merge(&self.concrete_field_set(parent, sub));
+                        }
+                    } else {
+                        for object in matching {
+                            let inner = self.concrete_field_set(object, sub);
+                            out.merge(&FieldSet(vec![(format!("{INLINE}{object}"), inner)]));
+                        }
+                    }
+                }
+                None if sub.0.is_empty() => {
+                    out.merge(&FieldSet(vec![(name.clone(), FieldSet::default())]))
+                }
+                None => {
+                    let output = self
+                        .field(parent, name)
+                        .map(|f| f.output.clone())
+                        .unwrap_or_default();
+                    out.merge(&FieldSet(vec![(
+                        name.clone(),
+                        self.concrete_field_set(&output, sub),
+                    )]));
+                }
+            }
+        }
+        out
+    }
+
     /// The keys of `type_name` that `graph` can resolve entities by.
     pub fn keys(&self, graph: &str, type_name: &str) -> &[FieldSet] {
         match self.types.get(type_name) {
@@ -540,5 +608,48 @@ mod tests {
         assert_eq!(pet.0[1].1 .0[0].0, "meows");
         assert!(pet.has_conditions());
         assert!(FieldSet::parse("pet { ... { barks } }").is_err());
+    }
+
+    #[test]
+    fn merged_field_sets_hold_each_field_once() {
+        let mut set = FieldSet::parse("id data { a ... on X { b } }").expect("set");
+        set.merge(&FieldSet::parse("data { c ... on X { d } } id").expect("set"));
+        assert_eq!(
+            set,
+            FieldSet::parse("id data { a ... on X { b d } c }").expect("set")
+        );
+    }
+
+    #[test]
+    fn fragments_on_abstract_types_become_one_per_object_type() {
+        let path = format!(
+            "{}/tests/data/fieldsets-supergraph.graphql",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let sg = Supergraph::parse(&std::fs::read_to_string(&path).expect("file"), &path)
+            .expect("supergraph");
+        let concrete = |parent: &str, text: &str| {
+            sg.concrete_field_set(parent, &FieldSet::parse(text).expect("set"))
+        };
+        // Below an interface field: the fragment on the interface applies to
+        // each implementation, and one on an implementation joins it.
+        assert_eq!(
+            concrete(
+                "Owner",
+                "id pet { ... on Pet { name } ... on Dog { barks } }"
+            ),
+            FieldSet::parse("id pet { ... on Dog { name barks } ... on Cat { name } }")
+                .expect("set")
+        );
+        // On an object type: fragments that match it are inlined, nested
+        // ones too, and the others dropped.
+        assert_eq!(
+            concrete(
+                "Dog",
+                "... on Pet { name ... on Dog { barks } ... on Cat { meows } }"
+            ),
+            FieldSet::parse("name barks").expect("set")
+        );
+        assert_eq!(concrete("Cat", "... on Dog { barks }"), FieldSet::default());
     }
 }

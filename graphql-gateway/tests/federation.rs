@@ -934,6 +934,16 @@ fn chained_requires_pass_through_every_subgraph_on_the_way() {
         gw.query("{ products { weight } }"),
         json!({"data": {"products": [{"weight": 10}, {"weight": null}]}})
     );
+    // Below a root field of physics itself, weight still needs size from
+    // catalog: physics answers it through `_entities`, with size in the
+    // representation, not in its root selection (where it would have no
+    // size and answer null). Through cost, the chain starts there too.
+    assert_eq!(
+        gw.query("{ heaviest { id weight eu: cost(zone: \"EU\") } }"),
+        json!({"data": {"heaviest": {"id": "1", "weight": 10, "eu": 10}}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
 }
 
 #[test]

@@ -579,6 +579,15 @@ pub mod requires {
 
     #[Object(name = "Query")]
     impl PhysicsQuery {
+        /// A root field of the subgraph that requires `size` for `weight`:
+        /// it does not know the size here (it is another subgraph's), so
+        /// `weight` asked below it must go through `_entities` with it.
+        async fn heaviest(&self) -> PhysicsProduct {
+            PhysicsProduct {
+                id: ID("1".into()),
+                size: None,
+            }
+        }
         /// `size` must be in the representation: it is a required field.
         #[graphql(entity)]
         async fn product(&self, #[graphql(key)] id: ID, size: Json<Option<i32>>) -> PhysicsProduct {
