@@ -189,6 +189,17 @@ impl Planner<'_> {
         let mut covered = 0;
         let mut total = 0;
         for f in fields {
+            // A fragment on types `graph` does not have selects nothing it
+            // returns: it neither counts for it nor against it.
+            if f.condition.as_deref().is_some_and(|c| {
+                !self
+                    .sg
+                    .object_types(c)
+                    .iter()
+                    .any(|t| self.sg.defines(graph, t))
+            }) {
+                continue;
+            }
             total += 1;
             let owner_type = f.condition.as_deref().unwrap_or(parent);
             if self.sg.resolves(graph, owner_type, &f.name) {
@@ -405,6 +416,55 @@ impl Planner<'_> {
             if at.as_slice() == path && (type_name == owner_type || accepts.iter().any(|a| a == owner_type)))
     }
 
+    /// The subgraphs that could answer `owner_type.field` on objects that
+    /// `alternatives` could answer, `graph` asked: `graph`, and those that
+    /// resolve the field and either could have answered the objects or can
+    /// fetch them by a key.
+    fn alternatives_below(
+        &self,
+        graph: &str,
+        owner_type: &str,
+        field: &str,
+        alternatives: &[String],
+    ) -> Vec<String> {
+        let Some(info) = self.sg.field(owner_type, field) else {
+            return vec![graph.to_string()];
+        };
+        let mut next: Vec<String> = info
+            .graphs
+            .iter()
+            .filter(|g| {
+                *g == graph || alternatives.contains(g) || self.sg.key(g, owner_type).is_some()
+            })
+            .cloned()
+            .collect();
+        if !next.iter().any(|g| g == graph) {
+            next.push(graph.to_string());
+        }
+        next
+    }
+
+    /// The members of union `parent` that every subgraph in `alternatives`
+    /// knows, when some know members others do not; None otherwise.
+    fn common_union_members(&self, parent: &str, alternatives: &[String]) -> Option<Vec<&str>> {
+        let t = self.sg.types.get(parent)?;
+        if !t.is_abstract || t.members.is_empty() || alternatives.len() < 2 {
+            return None;
+        }
+        let per_graph: Vec<Vec<&str>> = alternatives
+            .iter()
+            .filter(|g| self.sg.defines(g, parent))
+            .map(|g| self.sg.members_in(g, parent))
+            .collect();
+        let first = per_graph.first()?;
+        let common: Vec<&str> = first
+            .iter()
+            .copied()
+            .filter(|m| per_graph.iter().all(|ms| ms.contains(m)))
+            .collect();
+        (common.len() < t.possible.len()).then_some(common)
+    }
+
     /// The key of `type_name` to fetch entities from `target` by: one whose
     /// fields `from` can answer itself if there is one (no extra hop).
     fn key_for(&self, target: &str, type_name: &str, from: &str) -> Option<FieldSet> {
@@ -488,6 +548,8 @@ impl Planner<'_> {
 
     /// Plans `fields` of objects of `parent` reached by fetch `fetch` from
     /// `graph`, at `path`; returns what that fetch must select.
+    /// `alternatives`: the subgraphs that could have answered the field
+    /// these objects are the value of (`@shareable`, or reachable by a key).
     fn fields(
         &mut self,
         fetch: usize,
@@ -496,10 +558,39 @@ impl Planner<'_> {
         fields: &[Field],
         path: &[String],
         provided: Option<&FieldSet>,
+        alternatives: &[String],
     ) -> Result<Vec<SubField>, PlanError> {
         if Instant::now() >= self.deadline {
             return Err(PlanError::Budget);
         }
+        // A union whose members differ between the subgraphs that could
+        // answer it: shareable fields answer alike whichever subgraph is
+        // asked, so only members every one of them has are selected, as the
+        // reference routers plan it. An object of another member keeps its
+        // `__typename`, and its fields come out null.
+        let common_members: Vec<Field>;
+        let fields = match self.common_union_members(parent, alternatives) {
+            Some(common)
+                if fields.iter().any(|f| {
+                    f.condition.as_deref().is_some_and(|c| {
+                        self.sg.types.get(c).is_some_and(|t| !t.is_abstract) && !common.contains(&c)
+                    })
+                }) =>
+            {
+                common_members = fields
+                    .iter()
+                    .filter(|f| {
+                        f.condition.as_deref().is_none_or(|c| {
+                            self.sg.types.get(c).is_none_or(|t| t.is_abstract)
+                                || common.contains(&c)
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                &common_members[..]
+            }
+            _ => fields,
+        };
         // A subgraph is only sent type conditions on types it defines. A
         // condition on a type it does not define cannot match anything it
         // returns, except through an abstract type it does not know: that
@@ -601,6 +692,7 @@ impl Planner<'_> {
                 let children = if f.children.is_empty() {
                     Vec::new()
                 } else {
+                    let next = self.alternatives_below(graph, owner_type, &f.name, alternatives);
                     self.fields(
                         fetch,
                         graph,
@@ -608,6 +700,7 @@ impl Planner<'_> {
                         &f.children,
                         &path_next,
                         provides_next.as_ref(),
+                        &next,
                     )?
                 };
                 add_unique(
@@ -808,7 +901,7 @@ impl Planner<'_> {
                     id
                 }
             };
-            let selection = self.fields(id, &owner, &type_name, &list, path, None)?;
+            let selection = self.fields(id, &owner, &type_name, &list, path, None, alternatives)?;
             for s in selection {
                 add_unique(&mut self.fetches[id].selection, s);
             }
@@ -900,7 +993,8 @@ pub fn plan(
             Vec::new()
         };
         let id = planner.new_fetch(&graph, FetchKind::Root { operation }, deps);
-        let selection = planner.fields(id, &graph, root, &list, &[], None)?;
+        let every_graph: Vec<String> = sg.graphs.keys().cloned().collect();
+        let selection = planner.fields(id, &graph, root, &list, &[], None, &every_graph)?;
         planner.fetches[id].selection = selection;
     }
     Ok(Plan {
@@ -1064,6 +1158,67 @@ mod tests {
         let planned = super::plan(&sg, "Query", "query", &query, later()).expect("plan");
         assert_eq!(planned.fetches.len(), 2);
         assert!(planned.fetches.iter().all(|f| f.deps.is_empty()));
+    }
+
+    /// (subgraph, selection text) of each fetch of the plan of `query`.
+    fn fetch_texts(sg: &Supergraph, query: &str) -> Vec<(String, String)> {
+        let document = apollo_compiler::ExecutableDocument::parse_and_validate(
+            &sg.schema,
+            query,
+            "query.graphql",
+        )
+        .expect("valid query");
+        let operation = crate::operation::operation(&document, None).expect("operation");
+        let variables = serde_json::Map::new();
+        let normaliser = crate::operation::Normaliser {
+            schema: &sg.schema,
+            document: &document,
+            variables: &variables,
+        };
+        let mut fields = Vec::new();
+        normaliser.fields(&operation.selection_set, "Query", None, &mut fields);
+        let planned = super::plan(sg, "Query", "query", &fields, later()).expect("plan");
+        planned
+            .fetches
+            .iter()
+            .map(|f| {
+                let mut text = String::new();
+                selection_text(&f.selection, &mut text);
+                (f.graph.clone(), text)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_union_that_several_subgraphs_may_answer_is_asked_only_for_their_common_members() {
+        let sg = supergraph("partial-union-supergraph.graphql");
+        let texts = |q: &str| fetch_texts(&sg, q);
+        // wrapper may come from A or B (Container has a key in both): only
+        // Common is a member in both.
+        assert_eq!(
+            texts("{ rootA { wrapper { actions { ... on Common { label } ... on OnlyA { a } ... on OnlyB { b } } } } }"),
+            [("A".to_string(), "{rootA{wrapper{actions{__typename ... on Common{label}}}}}".to_string())]
+        );
+        // A fragment on a member A does not have is no reason to ask B.
+        assert_eq!(
+            texts("{ rootA { wrapper { actions { __typename ... on OnlyB { b } } } } }"),
+            [(
+                "A".to_string(),
+                "{rootA{wrapper{actions{__typename}}}}".to_string()
+            )]
+        );
+        // Only B answers bWrapper: all of B's members are asked.
+        let hop = texts(
+            "{ rootA { bWrapper { actions { ... on Common { label } ... on OnlyB { b } } } } }",
+        );
+        assert_eq!(hop.len(), 2, "{hop:?}");
+        assert_eq!(
+            hop[1],
+            (
+                "B".to_string(),
+                "{bWrapper{actions{__typename ... on Common{label} ... on OnlyB{b}}}}".to_string()
+            )
+        );
     }
 
     #[test]

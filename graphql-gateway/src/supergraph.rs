@@ -131,6 +131,9 @@ pub struct TypeInfo {
     pub is_abstract: bool,
     /// Object types that implement this interface or belong to this union.
     pub possible: Vec<String>,
+    /// A union's members per graph (`@join__unionMember`): subgraphs may
+    /// each know only some of them.
+    pub members: BTreeMap<String, Vec<String>>,
     /// Graphs that know this interface as an object (`@interfaceObject`):
     /// they resolve its fields for every implementation, by its key.
     pub interface_objects: Vec<String>,
@@ -350,6 +353,12 @@ impl Supergraph {
                     }
                 }
             }
+            for d in ty.directives().get_all("join__unionMember") {
+                if let (Some(graph), Some(member)) = (enum_arg(d, "graph"), string_arg(d, "member"))
+                {
+                    info.members.entry(graph).or_default().push(member);
+                }
+            }
             if info.is_abstract {
                 info.possible = schema
                     .types
@@ -512,6 +521,27 @@ impl Supergraph {
             Some(t) if t.is_abstract => t.possible.iter().map(String::as_str).collect(),
             _ => vec![type_name],
         }
+    }
+
+    /// The members of union `union` that `graph` knows (all its possible
+    /// types that `graph` defines, for a supergraph without
+    /// `@join__unionMember`).
+    pub fn members_in(&self, graph: &str, union: &str) -> Vec<&str> {
+        let Some(t) = self.types.get(union) else {
+            return Vec::new();
+        };
+        if t.members.is_empty() {
+            return t
+                .possible
+                .iter()
+                .map(String::as_str)
+                .filter(|p| self.defines(graph, p))
+                .collect();
+        }
+        t.members
+            .get(graph)
+            .map(|m| m.iter().map(String::as_str).collect())
+            .unwrap_or_default()
     }
 
     /// `set`, selected on objects of `parent`, with every inline fragment
