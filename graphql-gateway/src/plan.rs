@@ -214,15 +214,19 @@ impl Planner<'_> {
         (covered, total)
     }
 
-    /// Among `candidates` (subgraphs that resolve `field`), the
-    /// one that answers most of the field's sub-selection itself; on a tie,
-    /// the first of `preferred` (subgraphs already fetched from), then the
-    /// first candidate.
+    /// Among `candidates` (subgraphs that resolve `field`), one that leaves
+    /// none of the field's sub-selection stranded (see [`Self::stranded`]),
+    /// then the one that answers most of it itself; on a tie, the first of
+    /// `preferred` (subgraphs already fetched from), then the first candidate.
     fn choose(&self, candidates: &[String], field: &Field, preferred: &[String]) -> Option<String> {
-        let mut best: Option<(&String, (usize, bool))> = None;
+        let mut best: Option<(&String, (bool, usize, bool))> = None;
         for g in candidates {
             let (covered, _) = self.coverage(g, field.output(), &field.children);
-            let score = (covered, preferred.contains(g));
+            let strands = field
+                .children
+                .iter()
+                .any(|c| self.stranded(g, field.output(), c));
+            let score = (!strands, covered, preferred.contains(g));
             if best.is_none_or(|(_, b)| score > b) {
                 best = Some((g, score));
             }
@@ -388,7 +392,81 @@ impl Planner<'_> {
             g != graph
                 && self.sg.key(g, parent).is_some()
                 && self.coverage(g, field.output(), &field.children).0 > here
+                && !field
+                    .children
+                    .iter()
+                    .any(|c| self.stranded(g, field.output(), c))
         })
+    }
+
+    /// Whether `child`, selected on objects of `parent` that `graph`
+    /// returns, can be answered neither by `graph` nor by an entity fetch
+    /// from it: no subgraph resolving it has a key of the (object) type whose
+    /// fields `graph` answers. Such a field can only come through the
+    /// parent's parent (see [`Self::parent_hop`]).
+    fn stranded(&self, graph: &str, parent: &str, child: &Field) -> bool {
+        let owner = child.condition.as_deref().unwrap_or(parent);
+        if child.name == "__typename" || self.sg.resolves(graph, owner, &child.name) {
+            return false;
+        }
+        // Abstract owners are planned per implementation or through
+        // interface objects; a fragment on types `graph` lacks selects nothing.
+        if self.sg.types.get(owner).is_none_or(|t| t.is_abstract) || !self.sg.defines(graph, owner)
+        {
+            return false;
+        }
+        let Some(info) = self.sg.field(owner, &child.name) else {
+            return false;
+        };
+        !info.graphs.iter().any(|g| {
+            self.sg.interface_object_for(g, owner).is_some()
+                || self
+                    .sg
+                    .keys(g, owner)
+                    .iter()
+                    .any(|k| k.0.iter().all(|(n, _)| self.sg.resolves(graph, owner, n)))
+        })
+    }
+
+    /// For a field `graph` answers on objects of `owner_type` whose
+    /// sub-selection has stranded fields (a value type, say, whose other
+    /// fields only another subgraph has): that other subgraph, when it
+    /// resolves the field and the stranded fields and has a key of
+    /// `owner_type`, and the field with only those fields, to fetch from it
+    /// as an entity of `owner_type`. The field's object is then answered by
+    /// both subgraphs and merged. The rest of the sub-selection stays here.
+    fn parent_hop(
+        &self,
+        graph: &str,
+        owner_type: &str,
+        field: &Field,
+    ) -> Option<(String, Field, Vec<Field>)> {
+        let output = field.output();
+        let (stranded, kept): (Vec<Field>, Vec<Field>) = field
+            .children
+            .iter()
+            .cloned()
+            .partition(|c| self.stranded(graph, output, c));
+        if stranded.is_empty() {
+            return None;
+        }
+        let info = self.sg.field(owner_type, &field.name)?;
+        let hop = info.graphs.iter().find(|g| {
+            *g != graph
+                && self.sg.key(g, owner_type).is_some()
+                && stranded.iter().all(|c| {
+                    self.sg
+                        .resolves(g, c.condition.as_deref().unwrap_or(output), &c.name)
+                })
+        })?;
+        Some((
+            hop.clone(),
+            Field {
+                children: stranded,
+                ..field.clone()
+            },
+            kept,
+        ))
     }
 
     /// Whether `field`, which `graph` resolves, `@requires` fields there
@@ -689,15 +767,35 @@ impl Planner<'_> {
                         .field(owner_type, &f.name)
                         .and_then(|i| i.provides.get(graph).cloned())
                 });
+                let hop = if provided_here.is_some() {
+                    None
+                } else {
+                    self.parent_hop(graph, owner_type, f)
+                };
+                let kept_children = match hop {
+                    Some((hop_graph, hop_field, kept)) => {
+                        let group = (hop_graph, owner_type.to_string());
+                        match elsewhere.iter_mut().find(|(g, _)| *g == group) {
+                            Some((_, list)) => list.push(hop_field),
+                            None => elsewhere.push((group, vec![hop_field])),
+                        }
+                        kept
+                    }
+                    None => f.children.clone(),
+                };
                 let children = if f.children.is_empty() {
                     Vec::new()
+                } else if kept_children.is_empty() {
+                    // Everything below comes from the other subgraph: this
+                    // one only says whether the object is there.
+                    vec![typename()]
                 } else {
                     let next = self.alternatives_below(graph, owner_type, &f.name, alternatives);
                     self.fields(
                         fetch,
                         graph,
                         f.output(),
-                        &f.children,
+                        &kept_children,
                         &path_next,
                         provides_next.as_ref(),
                         &next,
@@ -1218,6 +1316,29 @@ mod tests {
                 "B".to_string(),
                 "{bWrapper{actions{__typename ... on Common{label} ... on OnlyB{b}}}}".to_string()
             )
+        );
+    }
+
+    #[test]
+    fn fields_only_a_parent_entity_reaches_are_fetched_through_the_parent() {
+        let sg = supergraph("parent-hop-supergraph.graphql");
+        // Category has no key in C, where details is: details comes from C
+        // through the Product, and id stays with A, which returned it.
+        let texts = fetch_texts(
+            &sg,
+            "{ products { id category { id details { products } } } }",
+        );
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert_eq!(
+            texts[0],
+            (
+                "A".to_string(),
+                "{products{id category{id} pid}}".to_string()
+            )
+        );
+        assert_eq!(
+            texts[1],
+            ("C".to_string(), "{category{details{products}}}".to_string())
         );
     }
 
