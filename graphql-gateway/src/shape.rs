@@ -178,7 +178,9 @@ impl<'a> Shaper<'a> {
         // An object of a type clients cannot see (`@inaccessible`, so not in
         // the API schema) is not shown: null where the field is nullable, as
         // Apollo Router and Hive Router answer; an error where it is not.
-        if let Value::Object(map) = value {
+        // (Only where the client selected fields: a custom scalar's JSON
+        // object is a value, whatever keys it has.)
+        if let (Value::Object(map), false) = (value, field.children.is_empty()) {
             if let Some(hidden) = map
                 .get("__typename")
                 .and_then(Value::as_str)
