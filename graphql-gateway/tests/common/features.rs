@@ -1,7 +1,7 @@
 //! Subgraphs for the Federation feature tests, one set per supergraph of
 //! tests/data/*-supergraph.graphql, each written with async-graphql.
 
-use super::{exec, serve, Exec, Subgraphs};
+use super::{exec, federated, serve, Exec, Subgraphs};
 use async_graphql::{Context, EmptyMutation, EmptySubscription, Object, Schema, SimpleObject, ID};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -203,14 +203,7 @@ pub mod fragments {
                     .finish(),
             ),
         );
-        routes.insert(
-            "people",
-            exec(
-                Schema::build(PeopleQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
+        routes.insert("people", federated(PeopleQuery));
         serve(loopback(), routes).await
     }
 }
@@ -309,22 +302,8 @@ pub mod inaccessible {
 
     pub async fn start() -> Subgraphs {
         let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
-        routes.insert(
-            "shop",
-            exec(
-                Schema::build(ShopQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
-        routes.insert(
-            "stock",
-            exec(
-                Schema::build(StockQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
+        routes.insert("shop", federated(ShopQuery));
+        routes.insert("stock", federated(StockQuery));
         serve(loopback(), routes).await
     }
 }
@@ -484,30 +463,9 @@ pub mod shareable {
 
     pub async fn start() -> Subgraphs {
         let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
-        routes.insert(
-            "a",
-            exec(
-                Schema::build(QueryA, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
-        routes.insert(
-            "b",
-            exec(
-                Schema::build(QueryB, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
-        routes.insert(
-            "c",
-            exec(
-                Schema::build(QueryC, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
+        routes.insert("a", federated(QueryA));
+        routes.insert("b", federated(QueryB));
+        routes.insert("c", federated(QueryC));
         serve(loopback(), routes).await
     }
 }
@@ -635,30 +593,9 @@ pub mod requires {
 
     pub async fn start() -> Subgraphs {
         let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
-        routes.insert(
-            "catalog",
-            exec(
-                Schema::build(CatalogQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
-        routes.insert(
-            "physics",
-            exec(
-                Schema::build(PhysicsQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
-        routes.insert(
-            "shipping",
-            exec(
-                Schema::build(ShippingQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
+        routes.insert("catalog", federated(CatalogQuery));
+        routes.insert("physics", federated(PhysicsQuery));
+        routes.insert("shipping", federated(ShippingQuery));
         serve(loopback(), routes).await
     }
 }
@@ -738,22 +675,8 @@ pub mod overrides {
 
     pub async fn start() -> Subgraphs {
         let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
-        routes.insert(
-            "pricing",
-            exec(
-                Schema::build(PricingQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
-        routes.insert(
-            "billing",
-            exec(
-                Schema::build(BillingQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
+        routes.insert("pricing", federated(PricingQuery));
+        routes.insert("billing", federated(BillingQuery));
         serve(loopback(), routes).await
     }
 }
@@ -869,14 +792,7 @@ pub mod fieldsets {
                     .finish(),
             ),
         );
-        routes.insert(
-            "vet",
-            exec(
-                Schema::build(VetQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
+        routes.insert("vet", federated(VetQuery));
         serve(loopback(), routes).await
     }
 }
@@ -937,22 +853,8 @@ pub mod conditions {
 
     pub async fn start() -> Subgraphs {
         let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
-        routes.insert(
-            "search",
-            exec(
-                Schema::build(SearchQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
-        routes.insert(
-            "films",
-            exec(
-                Schema::build(FilmsQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
+        routes.insert("search", federated(SearchQuery));
+        routes.insert("films", federated(FilmsQuery));
         serve(loopback(), routes).await
     }
 }
@@ -1068,22 +970,8 @@ pub mod interface_object {
 
     pub async fn start() -> Subgraphs {
         let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
-        routes.insert(
-            "media",
-            exec(
-                Schema::build(MediaQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
-        routes.insert(
-            "reviews",
-            exec(
-                Schema::build(ReviewsQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
+        routes.insert("media", federated(MediaQuery));
+        routes.insert("reviews", federated(ReviewsQuery));
         serve(loopback(), routes).await
     }
 }
@@ -1190,22 +1078,8 @@ pub mod implementations {
 
     pub async fn start() -> Subgraphs {
         let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
-        routes.insert(
-            "catalog",
-            exec(
-                Schema::build(CatalogQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
-        routes.insert(
-            "stock",
-            exec(
-                Schema::build(StockQuery, EmptyMutation, EmptySubscription)
-                    .enable_federation()
-                    .finish(),
-            ),
-        );
+        routes.insert("catalog", federated(CatalogQuery));
+        routes.insert("stock", federated(StockQuery));
         serve(loopback(), routes).await
     }
 }

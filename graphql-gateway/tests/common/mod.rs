@@ -444,6 +444,19 @@ where
     })
 }
 
+/// A federated subgraph of `query` alone (no mutations, no subscriptions).
+pub fn federated<Q: async_graphql::ObjectType + 'static>(query: Q) -> Exec {
+    exec(
+        Schema::build(
+            query,
+            async_graphql::EmptyMutation,
+            async_graphql::EmptySubscription,
+        )
+        .enable_federation()
+        .finish(),
+    )
+}
+
 /// Starts the four subgraphs on one loopback port: /accounts, /inventory, /products, /reviews.
 pub async fn start() -> Subgraphs {
     start_on(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await
