@@ -191,9 +191,13 @@ spec:
             - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
             - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
           ports: [{{name: http, containerPort: 8080}}]
+          # A pod's only replica that misses three probes in a row leaves
+          # its Service with no endpoint. The node is 2 cores shared with its
+          # own control plane: the probe may wait 3 s, not the default 1 s.
           readinessProbe:
             httpGet: {{path: /healthz, port: 8080}}
             periodSeconds: 2
+            timeoutSeconds: 3
 ---
 apiVersion: v1
 kind: Service

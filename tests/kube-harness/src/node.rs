@@ -400,6 +400,85 @@ pub fn hosts_file(services: &Value) -> String {
     text
 }
 
+/// The cgroup v1 `cpu` hierarchy, where CPU weights (`cpu.shares`) live.
+const CPU_CGROUP_ROOT: &str = "/sys/fs/cgroup/cpu";
+/// The group containerd's CRI plugin puts every container under when kubelet
+/// runs with `--cgroups-per-qos=false`.
+const PODS_CGROUP: &str = "k8s.io";
+/// The rig's host side: the test process and every process it starts.
+const HOST_CGROUP: &str = "revmesh-node-host";
+
+/// CPU weights laid out as on a real node. There, kubelet gives the pods'
+/// parent group (`kubepods`) a weight of 1024 per allocatable core, and the
+/// system daemons share one group (`system.slice`) of 1024. On this rig,
+/// without it, the API server, etcd, kubelet and containerd each ran at 1024
+/// per thread in the root group beside a single `k8s.io` group of 1024 for
+/// all pods together: whenever the host side was busy (replacing pods),
+/// the pods got a small slice of the 2 cores, and probes and requests that
+/// take milliseconds waited seconds.
+struct CpuWeights {
+    host_group: PathBuf,
+    pods_shares_before: Option<String>,
+    created_pods_group: bool,
+}
+
+impl CpuWeights {
+    /// Moves this process (and so everything it starts later) into the host
+    /// group and weighs the pods' group by the node's cores. Nothing is done
+    /// where the cgroup v1 `cpu` controller is not mounted (cgroup v2 hosts):
+    /// the rig then runs with the host's weights, and says so.
+    fn apply() -> Result<Option<CpuWeights>> {
+        let root = Path::new(CPU_CGROUP_ROOT);
+        if !root.join("cpu.shares").is_file() {
+            eprintln!("node rig: no cgroup v1 cpu controller at {CPU_CGROUP_ROOT}; pods keep the host's CPU weights");
+            return Ok(None);
+        }
+        let pods = root.join(PODS_CGROUP);
+        let created_pods_group = !pods.is_dir();
+        if created_pods_group {
+            std::fs::create_dir(&pods).with_context(|| format!("creating {}", pods.display()))?;
+        }
+        let pods_shares_before = if created_pods_group { None } else { std::fs::read_to_string(pods.join("cpu.shares")).ok().map(|s| s.trim().to_string()) };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::fs::write(pods.join("cpu.shares"), (cores * 1024).to_string()).with_context(|| format!("weighing {}", pods.display()))?;
+        let host_group = root.join(HOST_CGROUP);
+        if !host_group.is_dir() {
+            std::fs::create_dir(&host_group).with_context(|| format!("creating {}", host_group.display()))?;
+        }
+        std::fs::write(host_group.join("cpu.shares"), "1024").with_context(|| format!("weighing {}", host_group.display()))?;
+        let weights = CpuWeights { host_group, pods_shares_before, created_pods_group };
+        std::fs::write(weights.host_group.join("cgroup.procs"), std::process::id().to_string()).with_context(|| format!("moving the test process into {}", weights.host_group.display()))?;
+        Ok(Some(weights))
+    }
+
+    /// Moves this process back, removes the host group and puts the pods'
+    /// weight back (or its group, if the rig made it). Runs after every rig
+    /// process has stopped.
+    fn restore(&self) {
+        let root = Path::new(CPU_CGROUP_ROOT);
+        if let Err(e) = std::fs::write(root.join("cgroup.procs"), std::process::id().to_string()) {
+            eprintln!("node rig: could not move the test process back to the root cpu cgroup: {e}");
+        }
+        // Anything still in the group (a process that outlived the rig) goes
+        // back to the root group too, so the group can be removed.
+        for pid in std::fs::read_to_string(self.host_group.join("cgroup.procs")).unwrap_or_default().split_whitespace() {
+            let _ = std::fs::write(root.join("cgroup.procs"), pid);
+        }
+        if let Err(e) = std::fs::remove_dir(&self.host_group) {
+            eprintln!("node rig: could not remove {}: {e}", self.host_group.display());
+        }
+        let pods = root.join(PODS_CGROUP);
+        if self.created_pods_group {
+            // Leftover per-container groups keep it; containerd made those.
+            let _ = std::fs::remove_dir(&pods);
+        } else if let Some(shares) = &self.pods_shares_before {
+            if let Err(e) = std::fs::write(pods.join("cpu.shares"), shares) {
+                eprintln!("node rig: could not restore {}/cpu.shares: {e}", pods.display());
+            }
+        }
+    }
+}
+
 /// A running node. Drop deletes the pods, stops every process and restores the host.
 pub struct Node {
     pub cluster: Option<Cluster>,
@@ -407,6 +486,7 @@ pub struct Node {
     dns_stop: Arc<AtomicBool>,
     dns_feeder: Option<std::thread::JoinHandle<()>>,
     host: Option<HostState>,
+    cpu_weights: Option<CpuWeights>,
     pub containerd_socket: PathBuf,
     pub dir: tempfile::TempDir,
     /// Namespaces whose containers' logs a failure prints even when their
@@ -441,12 +521,14 @@ impl Node {
         host_lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
         let dir = tempfile::Builder::new().prefix("rvmnode").tempdir()?;
         let host = HostState::record()?;
+        let cpu_weights = CpuWeights::apply()?;
         let mut node = Node {
             cluster: None,
             processes: Vec::new(),
             dns_stop: Arc::new(AtomicBool::new(false)),
             dns_feeder: None,
             host: Some(host),
+            cpu_weights,
             containerd_socket: PathBuf::new(),
             dir,
             logged_namespaces: vec!["revmesh-system".into()],
@@ -652,11 +734,8 @@ impl Node {
         let mut parts: Vec<String> = self.processes.iter().map(|p| format!("--- {} ---\n{}", p.name, p.log_summary(25))).collect();
         // Failed readiness probes take pods out of their Services' endpoints:
         // the first thing to know when requests found no endpoint.
-        if let Some(kubelet) = self.processes.iter().find(|p| p.name == "kubelet") {
-            let text = std::fs::read_to_string(&kubelet.log).unwrap_or_default();
-            let probes: Vec<&str> = text.lines().filter(|l| l.contains("prober.go") && l.contains("failed")).collect();
-            parts.push(format!("--- kubelet: failed probes ({} in all, last 40) ---\n{}", probes.len(), probes[probes.len().saturating_sub(40)..].join("\n")));
-        }
+        let probes = self.failed_probes();
+        parts.push(format!("--- kubelet: failed probes ({} in all, last 40) ---\n{}", probes.len(), probes[probes.len().saturating_sub(40)..].join("\n")));
         if let Some(c) = &self.cluster {
             parts.push(c.diagnostics());
             if let Ok(events) = c.kubectl(&["get", "events", "--all-namespaces", "--sort-by=.lastTimestamp"]) {
@@ -696,6 +775,9 @@ impl Node {
         if let Err(e) = &result {
             eprintln!("{}", node.diagnostics());
             eprintln!("the scenario failed: {e:#}");
+            // CI shows only the end of a failure's output: the error is
+            // printed last, so it carries the node's vital signs.
+            let brief = node.brief();
             // A developer can look around the failed node before it is torn down.
             if let Some(seconds) = std::env::var("REVMESH_NODE_HOLD_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()) {
                 let release = node.dir.path().join("release");
@@ -709,8 +791,36 @@ impl Node {
                     std::thread::sleep(Duration::from_millis(500));
                 }
             }
+            return result.map_err(|e| anyhow::anyhow!("{e:#}\n\n{brief}"));
         }
         result
+    }
+
+    /// kubelet's log lines of failed probes.
+    fn failed_probes(&self) -> Vec<String> {
+        let Some(kubelet) = self.processes.iter().find(|p| p.name == "kubelet") else { return Vec::new() };
+        let text = std::fs::read_to_string(&kubelet.log).unwrap_or_default();
+        text.lines().filter(|l| l.contains("prober.go") && l.contains("failed")).map(str::to_string).collect()
+    }
+
+    /// A few lines on the node's health for a failure's last words: failed
+    /// probes (they take pods out of their Services) and pods not Ready.
+    pub fn brief(&self) -> String {
+        let mut lines = Vec::new();
+        let probes = self.failed_probes();
+        lines.push(format!("kubelet: {} failed probes{}", probes.len(), if probes.is_empty() { "" } else { "; the last ones:" }));
+        lines.extend(probes[probes.len().saturating_sub(8)..].iter().map(|l| format!("  {l}")));
+        if let Ok(list) = self.cluster().and_then(|c| c.get_json(&["get", "pods", "--all-namespaces"])) {
+            let not_ready: Vec<String> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| !p["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                .map(|p| format!("{}/{} ({})", p["metadata"]["namespace"].as_str().unwrap_or("?"), p["metadata"]["name"].as_str().unwrap_or("?"), p["status"]["phase"].as_str().unwrap_or("?")))
+                .collect();
+            lines.push(format!("pods not Ready now: {}", if not_ready.is_empty() { "none".to_string() } else { not_ready.join(", ") }));
+        }
+        lines.join("\n")
     }
 
     /// Waits until every pod matching `selector` in `namespace` is Ready,
@@ -752,6 +862,8 @@ impl Node {
     fn stop(&mut self) {
         // Pods first, while kubelet and containerd can still tear them down.
         if let Some(c) = &self.cluster {
+            // Their controllers first, or the pods deleted are made again.
+            let _ = c.kubectl(&["delete", "deployments,replicasets,daemonsets,statefulsets,jobs", "--all-namespaces", "--all", "--wait=false"]);
             let _ = c.kubectl(&["delete", "pods", "--all-namespaces", "--all", "--grace-period=1", "--wait=false"]);
             let _ = wait_for("pods to be gone", Duration::from_secs(60), || {
                 let list = c.get_json(&["get", "pods", "--all-namespaces"])?;
@@ -781,6 +893,9 @@ impl Node {
         self.kill_leftover_shims();
         if let Some(host) = self.host.take() {
             host.restore();
+        }
+        if let Some(weights) = self.cpu_weights.take() {
+            weights.restore();
         }
         self.unmount_under_dir();
     }
