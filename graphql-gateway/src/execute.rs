@@ -8,7 +8,7 @@
 //! answer shared, as Apollo Router's `deduplicate_query` and Hive Router's
 //! `dedupe_enabled` do; mutations are never shared.
 
-use crate::plan::{entity_fragment, root_text, Fetch, FetchKind, Plan};
+use crate::plan::{entity_fragment, root_text, Fetch, FetchKind, Plan, SubField};
 use crate::supergraph::FieldSet;
 use crate::value::{write_json, write_str, Object, Value};
 use bytes::Bytes;
@@ -386,6 +386,44 @@ fn representation(
     Some(())
 }
 
+/// Whether the planner aliased a field of `selection` (see `SubField::response_key`).
+fn has_aliases(selection: &[SubField]) -> bool {
+    selection
+        .iter()
+        .any(|f| f.response_key.is_some() || has_aliases(&f.children))
+}
+
+/// Moves the values of fields the planner aliased for a subgraph back under
+/// the keys the client's response uses.
+fn restore_aliases(value: &mut Value, selection: &[SubField]) {
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                restore_aliases(item, selection);
+            }
+        }
+        Value::Object(object) => {
+            for f in selection {
+                if !f.children.is_empty() {
+                    if let Some(v) = object.get_mut(&f.key) {
+                        restore_aliases(v, &f.children);
+                    }
+                }
+                let Some(response_key) = &f.response_key else {
+                    continue;
+                };
+                if let Some(v) = object.remove(&f.key) {
+                    match object.get_mut(response_key) {
+                        Some(existing) => merge(existing, v),
+                        None => object.insert(response_key.into(), v),
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Deep-merges `from` into `into`.
 pub fn merge(into: &mut Value, from: Value) {
     match (into, from) {
@@ -415,8 +453,10 @@ pub fn merge(into: &mut Value, from: Value) {
 /// One `_entities` field of a batched request. Entity fetches of one wave to
 /// one subgraph that select the same fragment share it, so a representation
 /// wanted at several paths is sent once.
-struct EntityPart {
+struct EntityPart<'p> {
     fragment: String,
+    /// What the fragment selects (the same for every fetch sharing it).
+    selection: &'p [SubField],
     /// Representations, deduplicated, as JSON texts.
     representations: Vec<Vec<u8>>,
     seen: HashMap<Vec<u8>, usize>,
@@ -431,7 +471,7 @@ struct SubgraphRequest<'p> {
     body: Bytes,
     fetches: Vec<usize>,
     /// Empty for a root fetch.
-    parts: Vec<EntityPart>,
+    parts: Vec<EntityPart<'p>>,
     kind: &'static str,
 }
 
@@ -489,6 +529,7 @@ fn wave_requests<'p>(
                     None => {
                         request.parts.push(EntityPart {
                             fragment,
+                            selection: &fetch.selection,
                             representations: Vec::new(),
                             seen: HashMap::new(),
                             users: Vec::new(),
@@ -701,14 +742,24 @@ pub async fn run(
                 continue;
             };
             if request.kind == "root" {
+                if let Some(fetch) = request.fetches.first().and_then(|id| plan.fetches.get(*id)) {
+                    if has_aliases(&fetch.selection) {
+                        restore_aliases(&mut result_data, &fetch.selection);
+                    }
+                }
                 merge(&mut data, result_data);
                 continue;
             }
             for (i, part) in request.parts.iter().enumerate() {
-                if let Some(Value::Array(entities)) = result_data
+                if let Some(Value::Array(mut entities)) = result_data
                     .as_object_mut()
                     .and_then(|o| o.remove(&format!("r{i}")))
                 {
+                    if has_aliases(part.selection) {
+                        for entity in &mut entities {
+                            restore_aliases(entity, part.selection);
+                        }
+                    }
                     place_entities(&mut data, part, entities);
                 }
             }
@@ -729,6 +780,7 @@ mod tests {
             args: Vec::new(),
             condition: None,
             children: Vec::new(),
+            response_key: None,
         }
     }
 

@@ -31,6 +31,11 @@ pub struct SubField {
     /// Inline fragment type condition (abstract parents).
     pub condition: Option<String>,
     pub children: Vec<SubField>,
+    /// Set when `key` is an alias the gateway chose because the subgraph
+    /// would refuse two fields of one response key with different types
+    /// (`... on User{id} ... on Admin{id}`, `ID!` and `ID` there): the key
+    /// the value goes back under in the response.
+    pub response_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +102,7 @@ fn typename() -> SubField {
         args: Vec::new(),
         condition: None,
         children: Vec::new(),
+        response_key: None,
     }
 }
 
@@ -146,6 +152,7 @@ fn fieldset_selection(set: &FieldSet) -> Vec<SubField> {
                     args: Vec::new(),
                     condition: None,
                     children: fieldset_selection(sub),
+                    response_key: None,
                 },
             ),
         }
@@ -363,6 +370,7 @@ impl Planner<'_> {
                     args: Vec::new(),
                     condition: None,
                     children: fieldset_selection(sub),
+                    response_key: None,
                 },
             );
             if !deps.contains(&pid) {
@@ -809,6 +817,7 @@ impl Planner<'_> {
                         args: f.args.clone(),
                         condition: f.condition.clone(),
                         children,
+                        response_key: None,
                     },
                 );
                 continue;
@@ -1095,9 +1104,94 @@ pub fn plan(
         let selection = planner.fields(id, &graph, root, &list, &[], None, &every_graph)?;
         planner.fetches[id].selection = selection;
     }
-    Ok(Plan {
-        fetches: planner.fetches,
-    })
+    let mut fetches = planner.fetches;
+    for fetch in &mut fetches {
+        let parent = match &fetch.kind {
+            FetchKind::Root { .. } => root.to_string(),
+            FetchKind::Entity { type_name, .. } => type_name.clone(),
+        };
+        let mut aliases = 0;
+        alias_conflicts(
+            sg,
+            &fetch.graph,
+            vec![(parent, fetch.selection.as_mut_slice())],
+            &mut aliases,
+        );
+    }
+    Ok(Plan { fetches })
+}
+
+/// A subgraph validates the query it is sent: two fields of one response
+/// key must have the same type shape even when they sit in fragments on
+/// different types (graphql-js's "fields conflict"). The supergraph may
+/// allow what a subgraph does not: `User.id` is `ID!` there and `Admin.id`
+/// is `ID`, so `... on User{id} ... on Admin{id}` is refused. Such fields
+/// get an alias of their own for the subgraph (`response_key` keeps the
+/// client's key; the executor puts the values back under it), as Apollo's
+/// query planner does.
+///
+/// `sets` are selections whose fields the subgraph merges into one set: a
+/// fetch's selection, or the children of same-key fields one level down
+/// (each with the type its fields are selected on).
+fn alias_conflicts(
+    sg: &Supergraph,
+    graph: &str,
+    mut sets: Vec<(String, &mut [SubField])>,
+    aliases: &mut usize,
+) {
+    let keys: std::collections::BTreeSet<String> = sets
+        .iter()
+        .flat_map(|(_, set)| set.iter().map(|f| f.key.clone()))
+        .collect();
+    // Response key → the type its first field has; (key, type) → alias.
+    let mut first_type: BTreeMap<String, String> = BTreeMap::new();
+    let mut alias_of: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (parent, set) in sets.iter_mut() {
+        for f in set.iter_mut() {
+            let on = f.condition.as_deref().unwrap_or(parent.as_str());
+            let Some(ty) = sg.field_type_in(graph, on, &f.name) else {
+                continue; // __typename, or a field the planner adds itself
+            };
+            let first = first_type
+                .entry(f.key.clone())
+                .or_insert_with(|| ty.to_string());
+            if first == ty {
+                continue;
+            }
+            let alias = alias_of
+                .entry((f.key.clone(), ty.to_string()))
+                .or_insert_with(|| loop {
+                    let candidate = format!("_rm_alias_{aliases}");
+                    *aliases += 1;
+                    if !keys.contains(&candidate) {
+                        break candidate;
+                    }
+                })
+                .clone();
+            f.response_key = Some(std::mem::replace(&mut f.key, alias));
+        }
+    }
+    // One level down: the children of fields that now share a key are
+    // merged by the subgraph too.
+    let mut below: BTreeMap<String, Vec<(String, &mut [SubField])>> = BTreeMap::new();
+    for (parent, set) in sets {
+        for f in set.iter_mut() {
+            if f.children.is_empty() {
+                continue;
+            }
+            let on = f.condition.as_deref().unwrap_or(parent.as_str());
+            let Some(output) = sg.field(on, &f.name).map(|i| i.output.clone()) else {
+                continue;
+            };
+            below
+                .entry(f.key.clone())
+                .or_default()
+                .push((output, f.children.as_mut_slice()));
+        }
+    }
+    for (_, sets) in below {
+        alias_conflicts(sg, graph, sets, aliases);
+    }
 }
 
 /// A GraphQL literal for a JSON value (arguments are inlined into subgraph queries).
@@ -1285,6 +1379,31 @@ mod tests {
                 (f.graph.clone(), text)
             })
             .collect()
+    }
+
+    #[test]
+    fn fields_of_one_key_that_a_subgraph_types_differently_get_an_alias_there() {
+        let sg = supergraph("type-mismatch-supergraph.graphql");
+        let texts = |q: &str| fetch_texts(&sg, q);
+        // ID! (User) and ID (Bot) in ACCOUNTS: the second gets an alias.
+        // One level down, where both friends lists are merged into one set,
+        // Bot's `id` comes first, so User's gets one; `friends` has one
+        // type in both and keeps its key.
+        assert_eq!(
+            texts("{ accounts { ... on User { id friends { ... on Bot { id } } } ... on Bot { id friends { ... on User { id } ... on Bot { id } } } } }"),
+            [(
+                "ACCOUNTS".to_string(),
+                "{accounts{__typename ... on User{id} ... on User{friends{__typename ... on Bot{id}}} ... on Bot{_rm_alias_0:id} ... on Bot{friends{__typename ... on User{_rm_alias_1:id} ... on Bot{id}}}}}".to_string()
+            )]
+        );
+        // Types that agree need nothing, and a directory fetch is left alone.
+        assert_eq!(
+            texts("{ accounts { ... on User { friends { __typename } } ... on Bot { friends { __typename } } } users { id } }"),
+            [
+                ("ACCOUNTS".to_string(), "{accounts{__typename ... on User{friends{__typename}} ... on Bot{friends{__typename}}}}".to_string()),
+                ("DIRECTORY".to_string(), "{users{id}}".to_string()),
+            ]
+        );
     }
 
     #[test]

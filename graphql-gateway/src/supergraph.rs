@@ -149,6 +149,11 @@ pub struct FieldInfo {
     pub external: Vec<String>,
     /// The named type of the field's output.
     pub output: String,
+    /// The field's type (`[ID!]`) in the supergraph, and per graph where a
+    /// graph declares it differently (`@join__field(type:)`: `ID!` in one
+    /// subgraph, `ID` in the supergraph, say).
+    pub ty: String,
+    pub types_in: BTreeMap<String, String>,
 }
 
 pub struct Supergraph {
@@ -385,6 +390,7 @@ impl Supergraph {
                 let coordinate = format!("{type_name}.{field_name}");
                 let mut f = FieldInfo {
                     output: def.ty.inner_named_type().to_string(),
+                    ty: def.ty.to_string(),
                     ..Default::default()
                 };
                 let joins: Vec<_> = def.directives.get_all("join__field").collect();
@@ -402,6 +408,9 @@ impl Supergraph {
                     let Some(graph) = enum_arg(d, "graph") else {
                         continue;
                     };
+                    if let Some(ty) = string_arg(d, "type") {
+                        f.types_in.insert(graph.clone(), ty);
+                    }
                     if bool_arg(d, "external").unwrap_or(false) {
                         f.external.push(graph);
                         continue;
@@ -473,6 +482,13 @@ impl Supergraph {
 
     pub fn field(&self, type_name: &str, field: &str) -> Option<&FieldInfo> {
         self.fields.get(&(type_name.to_string(), field.to_string()))
+    }
+
+    /// The type of `type_name.field` as `graph` declares it (the
+    /// supergraph's type where the graph says nothing else).
+    pub fn field_type_in(&self, graph: &str, type_name: &str, field: &str) -> Option<&str> {
+        let f = self.field(type_name, field)?;
+        Some(f.types_in.get(graph).unwrap_or(&f.ty))
     }
 
     /// Whether `graph` can resolve `type_name.field` itself.

@@ -482,6 +482,29 @@ fn graphql_js() -> std::path::PathBuf {
     dir
 }
 
+/// graphql-js 16's `validate()` of each query against the schema the
+/// GraphQL server at `url` introspects: `{version, results: [{syntax,
+/// errors}]}` (tests/graphql-js/validate.mjs).
+fn graphql_js_validate(url: &str, queries: &[&str], scratch: &std::path::Path) -> Json {
+    let file = scratch.join("queries.json");
+    std::fs::write(&file, serde_json::to_string(queries).expect("json")).expect("write");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphql-js/validate.mjs");
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(graphql_js())
+        .arg(url)
+        .arg(&file)
+        .output()
+        .expect("node is installed (apt-get install nodejs)");
+    assert!(
+        out.status.success(),
+        "graphql-js: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("graphql-js output")
+}
+
 #[test]
 fn invalid_operations_are_refused_where_graphql_js_16_refuses_them() {
     let rt = runtime();
@@ -509,23 +532,11 @@ fn invalid_operations_are_refused_where_graphql_js_16_refuses_them() {
         "{ me { ... on Product { upc } } }",
         "{ me {",
     ];
-    let file = gw.dir.path().join("queries.json");
-    std::fs::write(&file, serde_json::to_string(&queries).expect("json")).expect("write");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphql-js/validate.mjs");
-    let out = Command::new("node")
-        .arg(&script)
-        .arg(graphql_js())
-        .arg(format!("http://127.0.0.1:{}/graphql", gw.port))
-        .arg(&file)
-        .output()
-        .expect("node is installed (apt-get install nodejs)");
-    assert!(
-        out.status.success(),
-        "graphql-js: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let reference = graphql_js_validate(
+        &format!("http://127.0.0.1:{}/graphql", gw.port),
+        &queries,
+        gw.dir.path(),
     );
-    let reference: Json = serde_json::from_slice(&out.stdout).expect("graphql-js output");
     let locations = |errors: &Json| -> Vec<(u64, u64)> {
         errors
             .as_array()
@@ -1219,4 +1230,66 @@ fn interface_fields_another_subgraph_resolves_per_implementation_are_fetched_per
         gw.log()
     );
     assert!(requests(&subgraphs, "stock") >= 2);
+}
+
+#[test]
+fn fields_a_subgraph_types_differently_under_one_key_are_aliased_for_it() {
+    let rt = runtime();
+    let (subgraphs, sent) = rt.block_on(common::features::type_mismatch::start());
+    let gw = gateway_over(
+        "type-mismatch-supergraph.graphql",
+        &subgraphs,
+        &["accounts", "directory"],
+        "",
+    );
+    // Valid against the supergraph (`id: ID` on both members); in
+    // `accounts`, User's is `ID!`.
+    let accounts =
+        "accounts { ... on User { id name friends { ... on User { id } ... on Bot { id name } } } \
+                    ... on Bot { id friends { ... on User { id } ... on Bot { id } } } }";
+    let got = gw.query(&format!("{{ users {{ id name }} {accounts} }}"));
+    assert_eq!(
+        got,
+        json!({"data": {
+            "users": [{"id": "u1", "name": "Ada"}, {"id": "u2", "name": "Grace"}],
+            "accounts": [
+                {"id": "u1", "name": "Ada", "friends": [{"id": "u2"}, {"id": "b1", "name": "helper"}]},
+                {"id": "u2", "name": "Grace", "friends": [{"id": "u1"}, {"id": "b1", "name": "helper"}]},
+                {"id": "b1", "friends": [{"id": "u1"}]},
+            ],
+        }}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    // The reference: graphql-js over `accounts`'s own schema refuses the
+    // client's selection as it stands and accepts what the gateway sent.
+    let sent: Vec<String> = sent.lock().expect("queries").clone();
+    assert!(
+        sent.iter().any(|q| q.contains("_rm_alias_")),
+        "no alias in what accounts was sent: {sent:?}"
+    );
+    let unaliased = format!("{{ {accounts} }}");
+    let mut queries: Vec<&str> = vec![&unaliased];
+    queries.extend(sent.iter().map(String::as_str));
+    let reference = graphql_js_validate(
+        &format!("http://{}/accounts", subgraphs.addr),
+        &queries,
+        gw.dir.path(),
+    );
+    let results = reference["results"].as_array().expect("results");
+    let errors = |i: usize| results[i]["errors"].as_array().cloned().unwrap_or_default();
+    assert!(
+        errors(0).iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("conflict"))),
+        "graphql-js accepted the unaliased selection: {}",
+        results[0]
+    );
+    for (i, query) in sent.iter().enumerate() {
+        assert!(
+            errors(i + 1).is_empty(),
+            "graphql-js refuses {query}: {}",
+            results[i + 1]
+        );
+    }
 }

@@ -1083,3 +1083,120 @@ pub mod implementations {
         serve(loopback(), routes).await
     }
 }
+
+/// `type-mismatch-supergraph.graphql`: `accounts` owns the union `Account`
+/// of `User` (`id: ID!`) and `Bot` (`id: ID`), each with `friends`;
+/// `directory` lists users and declares `User.id` as `ID`, so the
+/// supergraph's `User.id` is `ID`. Selecting `id` on both members is valid
+/// against the supergraph and refused by `accounts` as written (graphql-js:
+/// "fields conflict"). Every query `accounts` is sent is kept in `queries`.
+pub mod type_mismatch {
+    use super::*;
+    use async_graphql::Union;
+
+    const PEOPLE: [(&str, &str); 2] = [("u1", "Ada"), ("u2", "Grace")];
+
+    pub struct User(&'static str, &'static str);
+
+    #[Object]
+    impl User {
+        async fn id(&self) -> ID {
+            ID(self.0.into())
+        }
+        async fn name(&self) -> &str {
+            self.1
+        }
+        async fn friends(&self) -> Vec<Account> {
+            everyone()
+                .into_iter()
+                .filter(|a| !matches!(a, Account::User(u) if u.0 == self.0))
+                .collect()
+        }
+    }
+
+    pub struct Bot;
+
+    #[Object]
+    impl Bot {
+        async fn id(&self) -> Option<ID> {
+            Some(ID("b1".into()))
+        }
+        async fn name(&self) -> Option<&str> {
+            Some("helper")
+        }
+        async fn friends(&self) -> Vec<Account> {
+            PEOPLE
+                .iter()
+                .take(1)
+                .map(|(id, name)| Account::User(User(id, name)))
+                .collect()
+        }
+    }
+
+    #[derive(Union)]
+    pub enum Account {
+        User(User),
+        Bot(Bot),
+    }
+
+    fn everyone() -> Vec<Account> {
+        let mut all: Vec<Account> = PEOPLE
+            .iter()
+            .map(|(id, name)| Account::User(User(id, name)))
+            .collect();
+        all.push(Account::Bot(Bot));
+        all
+    }
+
+    pub struct AccountsQuery;
+
+    #[Object(name = "Query")]
+    impl AccountsQuery {
+        async fn accounts(&self) -> Vec<Account> {
+            everyone()
+        }
+        #[graphql(entity)]
+        async fn user_by_id(&self, id: ID) -> Option<User> {
+            PEOPLE
+                .iter()
+                .find(|(i, _)| *i == id.as_str())
+                .map(|(id, name)| User(id, name))
+        }
+    }
+
+    #[derive(SimpleObject)]
+    #[graphql(name = "User")]
+    pub struct ListedUser {
+        id: Option<ID>,
+    }
+
+    pub struct DirectoryQuery;
+
+    #[Object(name = "Query")]
+    impl DirectoryQuery {
+        async fn users(&self) -> Vec<ListedUser> {
+            PEOPLE
+                .iter()
+                .map(|(id, _)| ListedUser {
+                    id: Some(ID((*id).into())),
+                })
+                .collect()
+        }
+    }
+
+    pub async fn start() -> (Subgraphs, Arc<Mutex<Vec<String>>>) {
+        let queries: Arc<Mutex<Vec<String>>> = Arc::default();
+        let accounts = federated(AccountsQuery);
+        let kept = queries.clone();
+        let recording: Exec = Arc::new(move |req: async_graphql::Request| {
+            if let Ok(mut q) = kept.lock() {
+                q.push(req.query.clone());
+            }
+            accounts(req)
+        });
+        let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
+        routes.insert("accounts", recording);
+        routes.insert("directory", federated(DirectoryQuery));
+        (serve(loopback(), routes).await, queries)
+    }
+}
