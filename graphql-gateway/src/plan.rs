@@ -477,6 +477,61 @@ impl Planner<'_> {
         ))
     }
 
+    /// A query's root field that several subgraphs resolve (`@shareable`),
+    /// answered by `graph`, whose sub-selection has fields `graph` cannot
+    /// answer or reach by a key (a value type whose fields are spread over
+    /// the subgraphs): each such field is asked, under the same root
+    /// field, of another of `candidates` that resolves it, and the answers
+    /// are merged (the parent of a root field is the query itself, which
+    /// every subgraph serves). Returns the pieces by subgraph, `graph`'s
+    /// first; the field whole when nothing is stranded. Never used for
+    /// mutations: a mutation field must run once.
+    fn split_shared_root(
+        &self,
+        graph: &str,
+        candidates: &[String],
+        field: &Field,
+    ) -> Vec<(String, Field)> {
+        let output = field.output();
+        let mut kept = Vec::new();
+        let mut moved: Vec<(String, Vec<Field>)> = Vec::new();
+        for child in &field.children {
+            let owner = child.condition.as_deref().unwrap_or(output);
+            let elsewhere = self.stranded(graph, output, child).then(|| {
+                candidates
+                    .iter()
+                    .find(|g| *g != graph && self.sg.resolves(g, owner, &child.name))
+            });
+            match elsewhere.flatten() {
+                Some(g) => match moved.iter_mut().find(|(m, _)| m == g) {
+                    Some((_, list)) => list.push(child.clone()),
+                    None => moved.push((g.clone(), vec![child.clone()])),
+                },
+                None => kept.push(child.clone()),
+            }
+        }
+        if moved.is_empty() || kept.is_empty() {
+            return vec![(graph.to_string(), field.clone())];
+        }
+        let mut pieces = vec![(
+            graph.to_string(),
+            Field {
+                children: kept,
+                ..field.clone()
+            },
+        )];
+        pieces.extend(moved.into_iter().map(|(g, children)| {
+            (
+                g,
+                Field {
+                    children,
+                    ..field.clone()
+                },
+            )
+        }));
+        pieces
+    }
+
     /// Whether `field`, which `graph` resolves, `@requires` fields there
     /// that only an entity fetch's representation can bring: the current
     /// fetch is not already that entity fetch (of `owner_type` at `path`).
@@ -1080,14 +1135,18 @@ pub fn plan(
         let graph = planner
             .choose(&info.graphs, f, &preferred)
             .ok_or_else(|| PlanError::Unowned(format!("{root}.{}", f.name)))?;
-        let joinable = if is_mutation {
-            groups.last_mut().filter(|(g, _)| *g == graph)
-        } else {
-            groups.iter_mut().find(|(g, _)| *g == graph)
-        };
-        match joinable {
-            Some((_, list)) => list.push(f.clone()),
-            None => groups.push((graph, vec![f.clone()])),
+        if is_mutation {
+            match groups.last_mut().filter(|(g, _)| *g == graph) {
+                Some((_, list)) => list.push(f.clone()),
+                None => groups.push((graph, vec![f.clone()])),
+            }
+            continue;
+        }
+        for (graph, piece) in planner.split_shared_root(&graph, &info.graphs, f) {
+            match groups.iter_mut().find(|(g, _)| *g == graph) {
+                Some((_, list)) => list.push(piece),
+                None => groups.push((graph, vec![piece])),
+            }
         }
     }
     for (graph, list) in groups {

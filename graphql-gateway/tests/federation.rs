@@ -1293,3 +1293,46 @@ fn fields_a_subgraph_types_differently_under_one_key_are_aliased_for_it() {
         );
     }
 }
+
+#[test]
+fn a_shared_root_field_of_a_type_with_no_key_is_asked_of_each_subgraph_and_merged() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::shared_root::start());
+    let gw = gateway_over(
+        "shared-root-supergraph.graphql",
+        &subgraphs,
+        &["catalog", "pricing"],
+        "",
+    );
+    let got = gw.query(
+        "{ product { id category { name } price { amount currency } } \
+           products { id price { amount } category { id } } }",
+    );
+    assert_eq!(
+        got,
+        json!({"data": {
+            "product": {"id": "p1", "category": {"name": "Chairs"}, "price": {"amount": 40, "currency": "EUR"}},
+            "products": [
+                {"id": "p1", "price": {"amount": 40}, "category": {"id": "c-p1"}},
+                {"id": "p2", "price": {"amount": 120}, "category": {"id": "c-p2"}},
+            ],
+        }}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        (
+            requests(&subgraphs, "catalog"),
+            requests(&subgraphs, "pricing")
+        ),
+        (1, 1)
+    );
+    // A root field one subgraph answers whole is not split.
+    let before = requests(&subgraphs, "pricing");
+    let got = gw.query("{ products { id category { name } } }");
+    assert_eq!(
+        got["data"]["products"][1],
+        json!({"id": "p2", "category": {"name": "Desks"}})
+    );
+    assert_eq!(requests(&subgraphs, "pricing"), before);
+}

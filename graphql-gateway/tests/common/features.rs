@@ -1200,3 +1200,90 @@ pub mod type_mismatch {
         (serve(loopback(), routes).await, queries)
     }
 }
+
+/// `shared-root-supergraph.graphql`: `catalog` and `pricing` both resolve
+/// `product` and `products` (`@shareable`) and return the same products
+/// in the same order; `Product` has no key, `catalog` alone knows its
+/// `category` and `pricing` alone its `price`.
+pub mod shared_root {
+    use super::*;
+
+    const ROWS: [(&str, &str, i32); 2] = [("p1", "Chairs", 40), ("p2", "Desks", 120)];
+
+    #[derive(SimpleObject)]
+    pub struct Category {
+        id: ID,
+        name: String,
+    }
+
+    #[derive(SimpleObject)]
+    #[graphql(name = "Product")]
+    pub struct CatalogProduct {
+        id: ID,
+        category: Category,
+    }
+
+    fn catalog_product(row: &(&str, &str, i32)) -> CatalogProduct {
+        CatalogProduct {
+            id: ID(row.0.into()),
+            category: Category {
+                id: ID(format!("c-{}", row.0)),
+                name: row.1.into(),
+            },
+        }
+    }
+
+    pub struct CatalogQuery;
+
+    #[Object(name = "Query")]
+    impl CatalogQuery {
+        async fn product(&self) -> CatalogProduct {
+            catalog_product(&ROWS[0])
+        }
+        async fn products(&self) -> Vec<CatalogProduct> {
+            ROWS.iter().map(catalog_product).collect()
+        }
+    }
+
+    #[derive(SimpleObject)]
+    pub struct Price {
+        amount: i32,
+        currency: String,
+    }
+
+    #[derive(SimpleObject)]
+    #[graphql(name = "Product")]
+    pub struct PricingProduct {
+        id: ID,
+        price: Price,
+    }
+
+    fn pricing_product(row: &(&str, &str, i32)) -> PricingProduct {
+        PricingProduct {
+            id: ID(row.0.into()),
+            price: Price {
+                amount: row.2,
+                currency: "EUR".into(),
+            },
+        }
+    }
+
+    pub struct PricingQuery;
+
+    #[Object(name = "Query")]
+    impl PricingQuery {
+        async fn product(&self) -> PricingProduct {
+            pricing_product(&ROWS[0])
+        }
+        async fn products(&self) -> Vec<PricingProduct> {
+            ROWS.iter().map(pricing_product).collect()
+        }
+    }
+
+    pub async fn start() -> Subgraphs {
+        let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
+        routes.insert("catalog", federated(CatalogQuery));
+        routes.insert("pricing", federated(PricingQuery));
+        serve(loopback(), routes).await
+    }
+}
