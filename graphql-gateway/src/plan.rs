@@ -585,6 +585,51 @@ impl Planner<'_> {
         next
     }
 
+    /// How `field`, under a type condition below `parent`, is sent to
+    /// `graph` when not as it is (None): conditions must name types the
+    /// subgraph defines, with the type relations the subgraph has.
+    /// * A type it does not define: the object types of the condition it
+    ///   does define, one fragment each (none for an object type).
+    /// * An interface that some of its objects implement in the supergraph
+    ///   and not in this subgraph: one fragment per object type, so those
+    ///   objects are matched too (`... on Node` below a union whose `Oven`
+    ///   is a `Node` only in another subgraph).
+    /// * An object type that is not a possible type of the abstract
+    ///   `parent` in this subgraph: dropped, nothing it returns is one (and
+    ///   the subgraph would refuse the fragment).
+    fn condition_for(&self, graph: &str, parent: &str, field: &Field) -> Option<Vec<Field>> {
+        let condition = field.condition.as_deref()?;
+        let parent_possible = (self.sg.types.get(parent).is_some_and(|t| t.is_abstract)
+            && self.sg.defines(graph, parent))
+        .then(|| self.sg.possible_in(graph, parent));
+        let fits_parent = |t: &str| parent_possible.as_ref().is_none_or(|p| p.contains(&t));
+        let info = self.sg.types.get(condition);
+        let is_abstract = info.is_some_and(|t| t.is_abstract);
+        let defined_objects: Vec<&str> = info
+            .map(|t| t.possible.iter().map(String::as_str).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| self.sg.defines(graph, p))
+            .collect();
+        let relations_differ = is_abstract && {
+            let here = self.sg.possible_in(graph, condition);
+            defined_objects.iter().any(|p| !here.contains(p))
+        };
+        if !self.sg.defines(graph, condition) || relations_differ {
+            return Some(
+                defined_objects
+                    .into_iter()
+                    .filter(|p| fits_parent(p))
+                    .map(|p| Field {
+                        condition: Some(p.to_string()),
+                        ..field.clone()
+                    })
+                    .collect(),
+            );
+        }
+        (!is_abstract && !fits_parent(condition)).then(Vec::new)
+    }
+
     /// The members of union `parent` that every subgraph in `alternatives`
     /// knows, when some know members others do not; None otherwise.
     fn common_union_members(&self, parent: &str, alternatives: &[String]) -> Option<Vec<&str>> {
@@ -749,28 +794,15 @@ impl Planner<'_> {
         };
         let rewritten: Vec<Field>;
         let fields = if !parent_is_object_here
-            && fields.iter().any(|f| {
-                f.condition
-                    .as_deref()
-                    .is_some_and(|t| !self.sg.defines(graph, t))
-            }) {
+            && fields
+                .iter()
+                .any(|f| self.condition_for(graph, parent, f).is_some())
+        {
             rewritten = fields
                 .iter()
-                .flat_map(|f| match f.condition.as_deref() {
-                    Some(t) if !self.sg.defines(graph, t) => self
-                        .sg
-                        .types
-                        .get(t)
-                        .map(|info| info.possible.clone())
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|p| self.sg.defines(graph, p))
-                        .map(|p| Field {
-                            condition: Some(p),
-                            ..f.clone()
-                        })
-                        .collect::<Vec<_>>(),
-                    _ => vec![f.clone()],
+                .flat_map(|f| {
+                    self.condition_for(graph, parent, f)
+                        .unwrap_or_else(|| vec![f.clone()])
                 })
                 .collect();
             &rewritten[..]
@@ -1462,6 +1494,32 @@ mod tests {
                 ("ACCOUNTS".to_string(), "{accounts{__typename ... on User{friends{__typename}} ... on Bot{friends{__typename}}}}".to_string()),
                 ("DIRECTORY".to_string(), "{users{id}}".to_string()),
             ]
+        );
+    }
+
+    #[test]
+    fn type_conditions_follow_the_type_relations_of_the_subgraph_asked() {
+        // In SHOP, Kettle implements Node and Lamp does not (it is a Node
+        // in WARRANTY only).
+        let sg = supergraph("implements-per-graph-supergraph.graphql");
+        let texts = |q: &str| fetch_texts(&sg, q);
+        // `... on Node` below a union: asked as each member, so Lamps get
+        // their id too.
+        assert_eq!(
+            texts("{ items { ... on Node { id } } }"),
+            [(
+                "SHOP".to_string(),
+                "{items{__typename ... on Kettle{id} ... on Lamp{id}}}".to_string()
+            )]
+        );
+        // `... on Lamp` below Node: SHOP returns no Lamp as a Node (and
+        // would refuse the fragment), so it is not sent.
+        assert_eq!(
+            texts("{ nodes { ... on Lamp { id } ... on Kettle { volume } } }"),
+            [(
+                "SHOP".to_string(),
+                "{nodes{__typename ... on Kettle{volume}}}".to_string()
+            )]
         );
     }
 

@@ -134,6 +134,10 @@ pub struct TypeInfo {
     /// A union's members per graph (`@join__unionMember`): subgraphs may
     /// each know only some of them.
     pub members: BTreeMap<String, Vec<String>>,
+    /// An interface's object implementations per graph
+    /// (`@join__implements`): an object may implement it in one subgraph
+    /// and not in another.
+    pub implementations: BTreeMap<String, Vec<String>>,
     /// Graphs that know this interface as an object (`@interfaceObject`):
     /// they resolve its fields for every implementation, by its key.
     pub interface_objects: Vec<String>,
@@ -320,8 +324,10 @@ impl Supergraph {
             );
         }
         let all_graphs: Vec<String> = graphs.keys().cloned().collect();
-        let mut types = HashMap::new();
+        let mut types: HashMap<String, TypeInfo> = HashMap::new();
         let mut fields = HashMap::new();
+        // interface → (graph, implementing object type), from the objects.
+        let mut implementations: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for (type_name, ty) in &schema.types {
             if type_name.starts_with("join__")
                 || type_name.starts_with("link__")
@@ -355,6 +361,18 @@ impl Supergraph {
                         && !info.resolvable.contains(&graph)
                     {
                         info.resolvable.push(graph.clone());
+                    }
+                }
+            }
+            if matches!(ty, ExtendedType::Object(_)) {
+                for d in ty.directives().get_all("join__implements") {
+                    if let (Some(graph), Some(interface)) =
+                        (enum_arg(d, "graph"), string_arg(d, "interface"))
+                    {
+                        implementations
+                            .entry(interface)
+                            .or_default()
+                            .push((graph, type_name.to_string()));
                     }
                 }
             }
@@ -458,6 +476,13 @@ impl Supergraph {
             }
             types.insert(type_name.to_string(), info);
         }
+        for (interface, list) in implementations {
+            if let Some(info) = types.get_mut(&interface) {
+                for (graph, object) in list {
+                    info.implementations.entry(graph).or_default().push(object);
+                }
+            }
+        }
         let query_type = schema
             .schema_definition
             .query
@@ -537,6 +562,24 @@ impl Supergraph {
             Some(t) if t.is_abstract => t.possible.iter().map(String::as_str).collect(),
             _ => vec![type_name],
         }
+    }
+
+    /// The object types a value of abstract `type_name` can have in
+    /// `graph`: a union's members there, an interface's implementations
+    /// there (for a supergraph without `@join__unionMember` or
+    /// `@join__implements`, every possible type `graph` defines).
+    pub fn possible_in(&self, graph: &str, type_name: &str) -> Vec<&str> {
+        let Some(t) = self.types.get(type_name) else {
+            return Vec::new();
+        };
+        if !t.implementations.is_empty() {
+            return t
+                .implementations
+                .get(graph)
+                .map(|m| m.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+        }
+        self.members_in(graph, type_name)
     }
 
     /// The members of union `union` that `graph` knows (all its possible

@@ -1336,3 +1336,31 @@ fn a_shared_root_field_of_a_type_with_no_key_is_asked_of_each_subgraph_and_merge
     );
     assert_eq!(requests(&subgraphs, "pricing"), before);
 }
+
+#[test]
+fn type_conditions_follow_each_subgraphs_own_interface_implementations() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::implements_per_graph::start());
+    let gw = gateway_over(
+        "implements-per-graph-supergraph.graphql",
+        &subgraphs,
+        &["shop", "warranty"],
+        "",
+    );
+    // A Lamp is a Node in the supergraph (through `warranty`), not in
+    // `shop`, which returns it: `... on Node` must still reach it, and
+    // `... on Lamp` below Node must not be sent to `shop` (it refuses it).
+    let got = gw.query(
+        "{ items { ... on Node { id } ... on Lamp { years } } \
+           nodes { ... on Lamp { years } ... on Kettle { volume } } }",
+    );
+    assert_eq!(
+        got,
+        json!({"data": {
+            "items": [{"id": "k1"}, {"id": "l1", "years": 2}],
+            "nodes": [{"volume": 2}],
+        }}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+}

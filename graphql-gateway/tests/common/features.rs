@@ -1287,3 +1287,99 @@ pub mod shared_root {
         serve(loopback(), routes).await
     }
 }
+
+/// `implements-per-graph-supergraph.graphql`: in `shop`, `Kettle`
+/// implements `Node` and `Lamp` does not; in `warranty`, `Lamp` does and
+/// adds `years`. `shop` lists the union `Item` (both) and `nodes` (Node:
+/// kettles only).
+pub mod implements_per_graph {
+    use super::*;
+    use async_graphql::{Interface, Union};
+
+    #[derive(SimpleObject, Clone)]
+    pub struct Kettle {
+        id: ID,
+        volume: Option<i32>,
+    }
+
+    #[derive(SimpleObject, Clone)]
+    pub struct Lamp {
+        id: ID,
+    }
+
+    #[derive(Interface, Clone)]
+    #[graphql(field(name = "id", ty = "&ID"))]
+    pub enum Node {
+        Kettle(Kettle),
+    }
+
+    #[derive(Union)]
+    pub enum Item {
+        Kettle(Kettle),
+        Lamp(Lamp),
+    }
+
+    fn kettle() -> Kettle {
+        Kettle {
+            id: "k1".into(),
+            volume: Some(2),
+        }
+    }
+
+    pub struct ShopQuery;
+
+    #[Object(name = "Query")]
+    impl ShopQuery {
+        async fn items(&self) -> Option<Vec<Option<Item>>> {
+            Some(vec![
+                Some(Item::Kettle(kettle())),
+                Some(Item::Lamp(Lamp { id: "l1".into() })),
+            ])
+        }
+        async fn nodes(&self) -> Option<Vec<Option<Node>>> {
+            Some(vec![Some(Node::Kettle(kettle()))])
+        }
+        #[graphql(entity)]
+        async fn kettle_by_id(&self, id: ID) -> Option<Kettle> {
+            (id.as_str() == "k1").then(kettle)
+        }
+        #[graphql(entity)]
+        async fn lamp_by_id(&self, id: ID) -> Option<Lamp> {
+            (id.as_str() == "l1").then_some(Lamp { id })
+        }
+    }
+
+    #[derive(SimpleObject, Clone)]
+    #[graphql(name = "Lamp")]
+    pub struct WarrantyLamp {
+        id: ID,
+        years: Option<i32>,
+    }
+
+    #[derive(Interface, Clone)]
+    #[graphql(name = "Node", field(name = "id", ty = "&ID"))]
+    pub enum WarrantyNode {
+        Lamp(WarrantyLamp),
+    }
+
+    pub struct WarrantyQuery;
+
+    #[Object(name = "Query")]
+    impl WarrantyQuery {
+        /// Makes `Node` part of this subgraph's schema, as in the supergraph.
+        async fn warranted(&self) -> Vec<WarrantyNode> {
+            Vec::new()
+        }
+        #[graphql(entity)]
+        async fn lamp_by_id(&self, id: ID) -> Option<WarrantyLamp> {
+            (id.as_str() == "l1").then_some(WarrantyLamp { id, years: Some(2) })
+        }
+    }
+
+    pub async fn start() -> Subgraphs {
+        let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
+        routes.insert("shop", federated(ShopQuery));
+        routes.insert("warranty", federated(WarrantyQuery));
+        serve(loopback(), routes).await
+    }
+}
