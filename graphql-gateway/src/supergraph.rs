@@ -124,7 +124,8 @@ impl FieldSet {
 
 #[derive(Debug, Clone, Default)]
 pub struct TypeInfo {
-    /// Graph id → key field sets (empty: the graph knows the type but has no key).
+    /// Graph id → the key field sets it resolves entities by (empty: the
+    /// graph knows the type but has no such key).
     pub keys: BTreeMap<String, Vec<FieldSet>>,
     /// Graphs that can resolve entities of this type by key.
     pub resolvable: Vec<String>,
@@ -351,16 +352,19 @@ impl Supergraph {
                 }
                 let entry = info.keys.entry(graph.clone()).or_default();
                 if let Some(key) = string_arg(d, "key") {
-                    entry.push(FieldSet::parse(&key).map_err(|message| {
-                        SupergraphError::Directive {
+                    let key =
+                        FieldSet::parse(&key).map_err(|message| SupergraphError::Directive {
                             coordinate: type_name.to_string(),
                             message,
+                        })?;
+                    // A key the graph cannot resolve entities by
+                    // (`resolvable: false`) is never the key of a fetch
+                    // to it: the graph only references the type with it.
+                    if bool_arg(d, "resolvable").unwrap_or(true) {
+                        entry.push(key);
+                        if !info.resolvable.contains(&graph) {
+                            info.resolvable.push(graph.clone());
                         }
-                    })?);
-                    if bool_arg(d, "resolvable").unwrap_or(true)
-                        && !info.resolvable.contains(&graph)
-                    {
-                        info.resolvable.push(graph.clone());
                     }
                 }
             }
@@ -697,6 +701,29 @@ mod tests {
         assert_eq!(pet.0[1].1 .0[0].0, "meows");
         assert!(pet.has_conditions());
         assert!(FieldSet::parse("pet { ... { barks } }").is_err());
+    }
+
+    #[test]
+    fn keys_a_graph_cannot_resolve_by_are_never_fetch_keys() {
+        let path = format!(
+            "{}/tests/data/conditions-supergraph.graphql",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).expect("file");
+        let machinery = &text[..text.find("type Book").expect("Book")];
+        // FILMS lists a key it cannot resolve by first; SEARCH only
+        // references A.
+        let sdl = format!(
+            "{machinery}type A @join__type(graph: FILMS, key: \"pId\", resolvable: false) \
+             @join__type(graph: FILMS, key: \"id\") @join__type(graph: SEARCH, key: \"id\", resolvable: false) {{\n  id: ID!\n  pId: ID!\n}}\n\
+             type Query @join__type(graph: FILMS) @join__type(graph: SEARCH) {{\n  a: A @join__field(graph: SEARCH)\n}}\n"
+        );
+        let sg = Supergraph::parse(&sdl, "keys.graphql").expect("supergraph");
+        let id = FieldSet::parse("id").expect("set");
+        assert_eq!(sg.key("FILMS", "A"), Some(&id));
+        assert_eq!(sg.keys("FILMS", "A"), [id]);
+        assert_eq!(sg.key("SEARCH", "A"), None);
+        assert!(sg.defines("SEARCH", "A"));
     }
 
     #[test]
