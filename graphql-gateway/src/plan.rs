@@ -265,14 +265,10 @@ impl Planner<'_> {
             let computed_there =
                 self.requires_representation(at.fetch, at.graph, type_name, name, at.path);
             if self.sg.resolves(at.graph, type_name, name) && !computed_there {
-                for f in fieldset_selection(&FieldSet(vec![(name.clone(), sub.clone())])) {
-                    add_unique(
-                        from_here,
-                        SubField {
-                            condition: at.condition.clone(),
-                            ..f
-                        },
-                    );
+                for d in self.supply_here(at, name, sub, target, from_here, chain)? {
+                    if !deps.contains(&d) {
+                        deps.push(d);
+                    }
                 }
                 continue;
             }
@@ -323,14 +319,16 @@ impl Planner<'_> {
                         },
                         vec![at.fetch],
                     );
-                    for k in fieldset_selection(&pkey) {
-                        add_unique(
-                            from_here,
-                            SubField {
-                                condition: at.condition.clone(),
-                                ..k
-                            },
-                        );
+                    // The key's own nested fields may need a fetch first
+                    // (`products { id pid }` where `pid` is elsewhere).
+                    let mut key_deps = Vec::new();
+                    for (n, sub) in &pkey.0 {
+                        key_deps.extend(self.supply_here(at, n, sub, &provider, from_here, chain)?);
+                    }
+                    for d in key_deps {
+                        if !self.fetches[id].deps.contains(&d) && d != id {
+                            self.fetches[id].deps.push(d);
+                        }
                     }
                     created.insert((provider.clone(), type_name.to_string()), id);
                     id
@@ -377,6 +375,72 @@ impl Planner<'_> {
                 deps.push(pid);
             }
         }
+        Ok(deps)
+    }
+
+    /// Asks `name { sub }`, which the parent fetch's subgraph resolves,
+    /// of that fetch. A nested field of `sub` it does not resolve (a key
+    /// `products { id pid }` where only another subgraph has `pid`) is
+    /// supplied one level down the same way as at the top: from an entity
+    /// fetch of the nested objects, which the fetch needing them waits for
+    /// (returned).
+    fn supply_here(
+        &mut self,
+        at: &Supplying,
+        name: &str,
+        sub: &FieldSet,
+        target: &str,
+        from_here: &mut Vec<SubField>,
+        chain: usize,
+    ) -> Result<Vec<usize>, PlanError> {
+        let output = self.sg.field(at.type_name, name).map(|i| i.output.clone());
+        let nested_elsewhere = output.as_deref().filter(|o| {
+            !sub.0.is_empty()
+                && self.sg.types.get(*o).is_some_and(|t| !t.is_abstract)
+                && sub.0.iter().all(|(n, _)| FieldSet::condition(n).is_none())
+                && sub.0.iter().any(|(n, _)| !self.sg.resolves(at.graph, o, n))
+        });
+        let Some(output) = nested_elsewhere else {
+            for f in fieldset_selection(&FieldSet(vec![(name.to_string(), sub.clone())])) {
+                add_unique(
+                    from_here,
+                    SubField {
+                        condition: at.condition.clone(),
+                        ..f
+                    },
+                );
+            }
+            return Ok(Vec::new());
+        };
+        let mut path = at.path.to_vec();
+        path.push(name.to_string());
+        let mut children = Vec::new();
+        let mut created = BTreeMap::new();
+        let deps = self.supply(
+            &Supplying {
+                fetch: at.fetch,
+                graph: at.graph,
+                type_name: output,
+                path: &path,
+                condition: &None,
+            },
+            sub,
+            target,
+            &mut created,
+            &mut children,
+            chain,
+        )?;
+        add_unique(
+            from_here,
+            SubField {
+                key: name.to_string(),
+                name: name.to_string(),
+                args: Vec::new(),
+                condition: at.condition.clone(),
+                children,
+                response_key: None,
+            },
+        );
         Ok(deps)
     }
 
@@ -1520,6 +1584,56 @@ mod tests {
                 "SHOP".to_string(),
                 "{nodes{__typename ... on Kettle{volume}}}".to_string()
             )]
+        );
+    }
+
+    #[test]
+    fn a_nested_key_field_the_parent_subgraph_lacks_is_fetched_for_the_nested_objects_first() {
+        // LABELS resolves a Shelf by `items { id code }`; STORE returns the
+        // shelf and its items' ids, CODES has `code` (by Item's `id`).
+        let sg = supergraph("nested-key-supergraph.graphql");
+        let document = apollo_compiler::ExecutableDocument::parse_and_validate(
+            &sg.schema,
+            "{ shelf { label } }",
+            "query.graphql",
+        )
+        .expect("valid query");
+        let operation = crate::operation::operation(&document, None).expect("operation");
+        let variables = serde_json::Map::new();
+        let normaliser = crate::operation::Normaliser {
+            schema: &sg.schema,
+            document: &document,
+            variables: &variables,
+        };
+        let mut fields = Vec::new();
+        normaliser.fields(&operation.selection_set, "Query", None, &mut fields);
+        let planned = super::plan(&sg, "Query", "query", &fields, later()).expect("plan");
+        let summary: Vec<(String, String, Vec<usize>)> = planned
+            .fetches
+            .iter()
+            .map(|f| {
+                let mut text = String::new();
+                selection_text(&f.selection, &mut text);
+                (f.graph.clone(), text, f.deps.clone())
+            })
+            .collect();
+        let at = |graph: &str| {
+            summary
+                .iter()
+                .position(|(g, _, _)| g == graph)
+                .expect(graph)
+        };
+        let (store, codes, labels) = (at("STORE"), at("CODES"), at("LABELS"));
+        // STORE is asked only for what it has: never for `code`.
+        assert_eq!(summary[store].1, "{shelf{items{id}}}", "{summary:?}");
+        assert_eq!(summary[codes].1, "{code}", "{summary:?}");
+        assert!(
+            matches!(&planned.fetches[codes].kind, FetchKind::Entity { path, .. } if path == &["shelf".to_string(), "items".to_string()])
+        );
+        assert_eq!(summary[labels].1, "{label}", "{summary:?}");
+        assert!(
+            summary[labels].2.contains(&codes),
+            "LABELS waits for the codes: {summary:?}"
         );
     }
 
