@@ -1444,9 +1444,7 @@ mod tests {
     use std::time::Duration;
 
     fn supergraph(file: &str) -> Supergraph {
-        let path = format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).expect("supergraph file");
-        Supergraph::parse(&text, &path).expect("supergraph")
+        Supergraph::parse(&crate::supergraph::test_data_text(file), file).expect("supergraph")
     }
 
     fn field(key: &str, name: &str) -> Field {
@@ -1508,7 +1506,8 @@ mod tests {
     }
 
     /// (subgraph, selection text) of each fetch of the plan of `query`.
-    fn fetch_texts(sg: &Supergraph, query: &str) -> Vec<(String, String)> {
+    /// The plan of `query`, validated and normalised as the gateway does.
+    fn planned(sg: &Supergraph, query: &str) -> Plan {
         let document = apollo_compiler::ExecutableDocument::parse_and_validate(
             &sg.schema,
             query,
@@ -1524,8 +1523,11 @@ mod tests {
         };
         let mut fields = Vec::new();
         normaliser.fields(&operation.selection_set, "Query", None, &mut fields);
-        let planned = super::plan(sg, "Query", "query", &fields, later()).expect("plan");
-        planned
+        super::plan(sg, "Query", "query", &fields, later()).expect("plan")
+    }
+
+    fn fetch_texts(sg: &Supergraph, query: &str) -> Vec<(String, String)> {
+        planned(sg, query)
             .fetches
             .iter()
             .map(|f| {
@@ -1592,22 +1594,7 @@ mod tests {
         // LABELS resolves a Shelf by `items { id code }`; STORE returns the
         // shelf and its items' ids, CODES has `code` (by Item's `id`).
         let sg = supergraph("nested-key-supergraph.graphql");
-        let document = apollo_compiler::ExecutableDocument::parse_and_validate(
-            &sg.schema,
-            "{ shelf { label } }",
-            "query.graphql",
-        )
-        .expect("valid query");
-        let operation = crate::operation::operation(&document, None).expect("operation");
-        let variables = serde_json::Map::new();
-        let normaliser = crate::operation::Normaliser {
-            schema: &sg.schema,
-            document: &document,
-            variables: &variables,
-        };
-        let mut fields = Vec::new();
-        normaliser.fields(&operation.selection_set, "Query", None, &mut fields);
-        let planned = super::plan(&sg, "Query", "query", &fields, later()).expect("plan");
+        let planned = planned(&sg, "{ shelf { label } }");
         let summary: Vec<(String, String, Vec<usize>)> = planned
             .fetches
             .iter()
@@ -1728,11 +1715,7 @@ mod tests {
     fn a_field_no_plan_can_reach_is_a_planning_error_naming_it() {
         // The machinery of a two-subgraph supergraph, with a type that
         // only `AUDIT` knows fields of and that has no key there.
-        let text = std::fs::read_to_string(format!(
-            "{}/tests/data/mutations-supergraph.graphql",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .expect("supergraph file");
+        let text = crate::supergraph::test_data_text("mutations-supergraph.graphql");
         let machinery = &text[..text.find("type Query").expect("Query")];
         let sdl = format!(
             "{machinery}type Account @join__type(graph: AUDIT) @join__type(graph: LEDGER) {{\n  id: ID!\n  flagged: Boolean @join__field(graph: AUDIT)\n}}\n\

@@ -32,9 +32,9 @@ impl Gateway {
     /// The gateway over a supergraph of tests/data, with this gateway.yaml.
     fn start_with(supergraph: &str, config: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::copy(
-            common::data_dir().join(supergraph),
+        std::fs::write(
             dir.path().join("supergraph.graphql"),
+            common::supergraph_text(supergraph),
         )
         .expect("supergraph");
         std::fs::write(dir.path().join("gateway.yaml"), config).expect("config");
