@@ -2,7 +2,6 @@
 //! bootstrap token): issue, verify, renew, and refuse.
 
 use identity::{keep_fresh, CaClient, IdentityError, TokenSource};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ impl Drop for Killed {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    kube_harness::free_port().expect("free port")
 }
 
 const TOKEN: &str = "bootstrap-token-for-web-0123";

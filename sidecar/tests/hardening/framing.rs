@@ -27,7 +27,7 @@ impl Drop for Envoy {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    kube_harness::free_port().expect("a free loopback port")
 }
 
 async fn start_envoy(good: SocketAddr, bad: SocketAddr) -> Envoy {

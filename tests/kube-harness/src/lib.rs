@@ -20,8 +20,21 @@ pub mod tls;
 const INSTALL_HINT: &str = "install it with: bash tests/harness/install-kube.sh (builds kube-apiserver 1.20 from Debian's source package, installs etcd-server)";
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
+///
+/// Never the same port twice in one process: the port is bound later by a
+/// child process, and the kernel may hand a released port to the next
+/// `bind(0)` again, so two components of one test (an Envoy's admin port and
+/// another's listener, say) would be told the same port.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port this process has not handed out already")
 }
 
 /// Where the cached Kubernetes binaries live.

@@ -435,20 +435,27 @@ impl CpuWeights {
         }
         let pods = root.join(PODS_CGROUP);
         let created_pods_group = !pods.is_dir();
-        if created_pods_group {
-            std::fs::create_dir(&pods).with_context(|| format!("creating {}", pods.display()))?;
-        }
         let pods_shares_before = if created_pods_group { None } else { std::fs::read_to_string(pods.join("cpu.shares")).ok().map(|s| s.trim().to_string()) };
+        let weights = CpuWeights { host_group: root.join(HOST_CGROUP), pods_shares_before, created_pods_group };
+        // Half a layout is worse than none: what was changed is put back.
+        if let Err(e) = weights.weigh(&pods) {
+            weights.restore();
+            return Err(e);
+        }
+        Ok(Some(weights))
+    }
+
+    fn weigh(&self, pods: &Path) -> Result<()> {
+        if self.created_pods_group {
+            std::fs::create_dir(pods).with_context(|| format!("creating {}", pods.display()))?;
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::fs::write(pods.join("cpu.shares"), (cores * 1024).to_string()).with_context(|| format!("weighing {}", pods.display()))?;
-        let host_group = root.join(HOST_CGROUP);
-        if !host_group.is_dir() {
-            std::fs::create_dir(&host_group).with_context(|| format!("creating {}", host_group.display()))?;
+        if !self.host_group.is_dir() {
+            std::fs::create_dir(&self.host_group).with_context(|| format!("creating {}", self.host_group.display()))?;
         }
-        std::fs::write(host_group.join("cpu.shares"), "1024").with_context(|| format!("weighing {}", host_group.display()))?;
-        let weights = CpuWeights { host_group, pods_shares_before, created_pods_group };
-        std::fs::write(weights.host_group.join("cgroup.procs"), std::process::id().to_string()).with_context(|| format!("moving the test process into {}", weights.host_group.display()))?;
-        Ok(Some(weights))
+        std::fs::write(self.host_group.join("cpu.shares"), "1024").with_context(|| format!("weighing {}", self.host_group.display()))?;
+        std::fs::write(self.host_group.join("cgroup.procs"), std::process::id().to_string()).with_context(|| format!("moving the test process into {}", self.host_group.display()))
     }
 
     /// Moves this process back, removes the host group and puts the pods'
