@@ -386,13 +386,6 @@ fn representation(
     Some(())
 }
 
-/// Whether the planner aliased a field of `selection` (see `SubField::response_key`).
-fn has_aliases(selection: &[SubField]) -> bool {
-    selection
-        .iter()
-        .any(|f| f.response_key.is_some() || has_aliases(&f.children))
-}
-
 /// Moves the values of fields the planner aliased for a subgraph back under
 /// the keys the client's response uses.
 fn restore_aliases(value: &mut Value, selection: &[SubField]) {
@@ -455,8 +448,10 @@ pub fn merge(into: &mut Value, from: Value) {
 /// wanted at several paths is sent once.
 struct EntityPart<'p> {
     fragment: String,
-    /// What the fragment selects (the same for every fetch sharing it).
+    /// What the fragment selects (the same for every fetch sharing it),
+    /// and whether the planner aliased a field in it.
     selection: &'p [SubField],
+    aliased: bool,
     /// Representations, deduplicated, as JSON texts.
     representations: Vec<Vec<u8>>,
     seen: HashMap<Vec<u8>, usize>,
@@ -530,6 +525,7 @@ fn wave_requests<'p>(
                         request.parts.push(EntityPart {
                             fragment,
                             selection: &fetch.selection,
+                            aliased: fetch.aliased,
                             representations: Vec::new(),
                             seen: HashMap::new(),
                             users: Vec::new(),
@@ -743,7 +739,7 @@ pub async fn run(
             };
             if request.kind == "root" {
                 if let Some(fetch) = request.fetches.first().and_then(|id| plan.fetches.get(*id)) {
-                    if has_aliases(&fetch.selection) {
+                    if fetch.aliased {
                         restore_aliases(&mut result_data, &fetch.selection);
                     }
                 }
@@ -755,7 +751,7 @@ pub async fn run(
                     .as_object_mut()
                     .and_then(|o| o.remove(&format!("r{i}")))
                 {
-                    if has_aliases(part.selection) {
+                    if part.aliased {
                         for entity in &mut entities {
                             restore_aliases(entity, part.selection);
                         }
@@ -797,6 +793,7 @@ mod tests {
             },
             selection: selection.iter().map(|s| field(s)).collect(),
             deps: Vec::new(),
+            aliased: false,
         }
     }
 

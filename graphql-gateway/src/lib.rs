@@ -23,3 +23,7 @@ pub mod run;
 pub mod shape;
 pub mod supergraph;
 pub mod value;
+
+#[cfg(test)]
+#[path = "../tests/common/supergraph_text.rs"]
+mod test_data;

@@ -64,6 +64,10 @@ pub struct Fetch {
     pub selection: Vec<SubField>,
     /// Fetches that must finish first.
     pub deps: Vec<usize>,
+    /// Whether a field of `selection` has an alias the gateway chose
+    /// (`SubField::response_key`): only then is the answer walked to put
+    /// values back under the client's keys.
+    pub aliased: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -736,6 +740,7 @@ impl Planner<'_> {
             kind,
             selection: Vec::new(),
             deps,
+            aliased: false,
         });
         id
     }
@@ -1272,6 +1277,7 @@ pub fn plan(
             vec![(parent, fetch.selection.as_mut_slice())],
             &mut aliases,
         );
+        fetch.aliased = aliases > 0;
     }
     Ok(Plan { fetches })
 }
@@ -1444,7 +1450,7 @@ mod tests {
     use std::time::Duration;
 
     fn supergraph(file: &str) -> Supergraph {
-        Supergraph::parse(&crate::supergraph::test_data_text(file), file).expect("supergraph")
+        Supergraph::parse(&crate::test_data::supergraph_text(file), file).expect("supergraph")
     }
 
     fn field(key: &str, name: &str) -> Field {
@@ -1715,7 +1721,7 @@ mod tests {
     fn a_field_no_plan_can_reach_is_a_planning_error_naming_it() {
         // The machinery of a two-subgraph supergraph, with a type that
         // only `AUDIT` knows fields of and that has no key there.
-        let text = crate::supergraph::test_data_text("mutations-supergraph.graphql");
+        let text = crate::test_data::supergraph_text("mutations-supergraph.graphql");
         let machinery = &text[..text.find("type Query").expect("Query")];
         let sdl = format!(
             "{machinery}type Account @join__type(graph: AUDIT) @join__type(graph: LEDGER) {{\n  id: ID!\n  flagged: Boolean @join__field(graph: AUDIT)\n}}\n\

@@ -674,18 +674,6 @@ impl Supergraph {
     }
 }
 
-/// A supergraph of `tests/data`, with the join v0.3 definitions put in
-/// front when the file leaves them out (see `tests/data/join-v0.3.graphql`).
-#[cfg(test)]
-pub(crate) fn test_data_text(file: &str) -> String {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let text = std::fs::read_to_string(dir.join(file)).expect("supergraph file");
-    if text.contains("directive @join__field") {
-        return text;
-    }
-    std::fs::read_to_string(dir.join("join-v0.3.graphql")).expect("join-v0.3.graphql") + &text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -717,7 +705,7 @@ mod tests {
 
     #[test]
     fn keys_a_graph_cannot_resolve_by_are_never_fetch_keys() {
-        let text = test_data_text("conditions-supergraph.graphql");
+        let text = crate::test_data::supergraph_text("conditions-supergraph.graphql");
         let machinery = &text[..text.find("type Book").expect("Book")];
         // FILMS lists a key it cannot resolve by first; SEARCH only
         // references A.
@@ -747,7 +735,7 @@ mod tests {
     #[test]
     fn fragments_on_abstract_types_become_one_per_object_type() {
         let sg = Supergraph::parse(
-            &test_data_text("fieldsets-supergraph.graphql"),
+            &crate::test_data::supergraph_text("fieldsets-supergraph.graphql"),
             "fieldsets-supergraph.graphql",
         )
         .expect("supergraph");

@@ -34,7 +34,7 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(
             dir.path().join("supergraph.graphql"),
-            common::supergraph_text(supergraph),
+            common::supergraph_text::supergraph_text(supergraph),
         )
         .expect("supergraph");
         std::fs::write(dir.path().join("gateway.yaml"), config).expect("config");

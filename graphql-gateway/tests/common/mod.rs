@@ -16,16 +16,7 @@ pub fn data_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
-/// A supergraph of tests/data, with the join v0.3 definitions put in front
-/// when the file leaves them out (see tests/data/join-v0.3.graphql).
-pub fn supergraph_text(file: &str) -> String {
-    let text = std::fs::read_to_string(data_dir().join(file)).expect("supergraph file");
-    if text.contains("directive @join__field") {
-        return text;
-    }
-    std::fs::read_to_string(data_dir().join("join-v0.3.graphql")).expect("join-v0.3.graphql")
-        + &text
-}
+pub mod supergraph_text;
 
 #[derive(Debug, Clone, Default)]
 pub struct UserRow {
