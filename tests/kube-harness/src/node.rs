@@ -782,8 +782,8 @@ impl Node {
         if let Err(e) = &result {
             eprintln!("{}", node.diagnostics());
             eprintln!("the scenario failed: {e:#}");
-            // CI shows only the end of a failure's output: the error is
-            // printed last, so it carries the node's vital signs.
+            // CI shows only the end of a failure's output: the returned
+            // error is printed last, so it carries the node's vital signs.
             let brief = node.brief();
             // A developer can look around the failed node before it is torn down.
             if let Some(seconds) = std::env::var("REVMESH_NODE_HOLD_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()) {
@@ -798,7 +798,8 @@ impl Node {
                     std::thread::sleep(Duration::from_millis(500));
                 }
             }
-            return result.map_err(|e| anyhow::anyhow!("{e:#}\n\n{brief}"));
+            // The error's own words go last: CI keeps the end of the output.
+            return result.map_err(|e| anyhow::anyhow!("{brief}\n\nthe scenario failed: {e:#}"));
         }
         result
     }
