@@ -296,11 +296,13 @@ fn write_fields(
             }
             continue;
         }
-        let Some(value) = object.get(name) else {
+        // A field with arguments was asked under an alias of its own; the
+        // subgraph reads it under the field's name.
+        let Some(value) = object.get(FieldSet::response_key(name).as_ref()) else {
             return false;
         };
         out.push(b',');
-        write_str(out, name);
+        write_str(out, FieldSet::field_name(name));
         out.push(b':');
         if sub.0.is_empty() {
             write_json(out, value);

@@ -148,20 +148,37 @@ fn fieldset_selection(set: &FieldSet) -> Vec<SubField> {
                     );
                 }
             }
-            None => add_unique(
-                &mut out,
-                SubField {
-                    key: name.clone(),
-                    name: name.clone(),
-                    args: Vec::new(),
-                    condition: None,
-                    children: fieldset_selection(sub),
-                    response_key: None,
-                },
-            ),
+            None => add_unique(&mut out, fieldset_field(name, sub)),
         }
     }
     out
+}
+
+/// The field an entry of a field set asks for. A field with arguments is
+/// asked under an alias of its own (`FieldSet::response_key`), which the
+/// representation is then written from.
+fn fieldset_field(entry: &str, sub: &FieldSet) -> SubField {
+    SubField {
+        key: FieldSet::response_key(entry).into_owned(),
+        name: FieldSet::field_name(entry).to_string(),
+        args: FieldSet::arguments(entry),
+        condition: None,
+        children: fieldset_selection(sub),
+        response_key: None,
+    }
+}
+
+/// Fields one subgraph answers on entities of one type, fetched together
+/// with the fields their `@requires` needs.
+struct Batch {
+    /// (owner graph, entity type)
+    group: (String, String),
+    fields: Vec<Field>,
+    requires: FieldSet,
+    /// Whether this is the group's first batch, which may share a fetch
+    /// already made for the group (a provider of required fields); later
+    /// batches conflict with it and get fetches of their own.
+    first_of_group: bool,
 }
 
 /// The number of fields in `fields`, through their sub-selections.
@@ -364,17 +381,7 @@ impl Planner<'_> {
                     requires.merge(&self.sg.concrete_field_set(type_name, &provider_requires));
                 }
             }
-            add_unique(
-                &mut self.fetches[pid].selection,
-                SubField {
-                    key: name.clone(),
-                    name: name.clone(),
-                    args: Vec::new(),
-                    condition: None,
-                    children: fieldset_selection(sub),
-                    response_key: None,
-                },
-            );
+            add_unique(&mut self.fetches[pid].selection, fieldset_field(name, sub));
             if !deps.contains(&pid) {
                 deps.push(pid);
             }
@@ -1067,29 +1074,49 @@ impl Planner<'_> {
         if elsewhere.is_empty() {
             return Ok(out);
         }
+        // Fields of one group whose required fields conflict (one field with
+        // other arguments: `price(currency:"USD")`, `price(currency:"EUR")`)
+        // cannot share a representation: each such batch is its own fetch.
+        let mut batches: Vec<Batch> = Vec::new();
+        for (group, list) in elsewhere {
+            let first = batches.len();
+            for f in list {
+                let req = self
+                    .sg
+                    .field(&group.1, &f.name)
+                    .and_then(|i| i.requires.get(&group.0))
+                    .cloned()
+                    .unwrap_or_default();
+                match batches[first..]
+                    .iter_mut()
+                    .find(|b| !b.requires.conflicts_with(&req))
+                {
+                    Some(b) => {
+                        b.fields.push(f);
+                        b.requires.merge(&req);
+                    }
+                    None => batches.push(Batch {
+                        group: group.clone(),
+                        fields: vec![f],
+                        requires: req,
+                        first_of_group: batches.len() == first,
+                    }),
+                }
+            }
+        }
         // Required fields of the entity fetches come first: they may need
         // fetches of their own, which the requiring fetch then waits for.
         let mut required_from_here: Vec<SubField> = Vec::new();
-        let mut requires_of: BTreeMap<(String, String), FieldSet> = BTreeMap::new();
-        for (group, list) in &elsewhere {
-            let (owner, owner_type) = group;
-            let mut req = FieldSet::default();
-            for f in list {
-                if let Some(r) = self
-                    .sg
-                    .field(owner_type, &f.name)
-                    .and_then(|i| i.requires.get(owner))
-                {
-                    req.merge(r);
-                }
-            }
-            requires_of.insert(group.clone(), req);
-        }
         // Plan the fetches in an order where the providers of required fields exist first.
         let mut created: BTreeMap<(String, String), usize> = BTreeMap::new();
-        let mut order: Vec<((String, String), Vec<Field>)> = elsewhere.clone();
-        order.sort_by_key(|(g, _)| !requires_of.get(g).is_some_and(|r| r.0.is_empty()));
-        for ((owner, type_name), list) in order {
+        batches.sort_by_key(|b| !b.requires.0.is_empty());
+        for batch in batches {
+            let Batch {
+                group: (owner, type_name),
+                fields: list,
+                requires,
+                first_of_group,
+            } = batch;
             // Below an abstract parent, what this fetch adds for the entity
             // fetch (key, required fields) is asked under `... on Type`.
             let condition = (type_name != parent).then(|| type_name.clone());
@@ -1100,9 +1127,6 @@ impl Planner<'_> {
                     graph: owner.clone(),
                     field: list[0].name.clone(),
                 })?;
-            let requires = requires_of
-                .remove(&(owner.clone(), type_name.clone()))
-                .unwrap_or_default();
             let mut deps = vec![fetch];
             // The representation needs the key and the required fields.
             // What this subgraph cannot answer comes from a sibling entity
@@ -1133,7 +1157,10 @@ impl Planner<'_> {
                     deps.push(d);
                 }
             }
-            let id = match created.get(&(owner.clone(), type_name.clone())) {
+            let shared = created
+                .get(&(owner.clone(), type_name.clone()))
+                .filter(|_| first_of_group);
+            let id = match shared {
                 Some(id) => {
                     let existing = &mut self.fetches[*id];
                     for d in deps {
@@ -1155,12 +1182,15 @@ impl Planner<'_> {
                             key,
                             requires,
                             accepts: accepts_of
-                                .remove(&(owner.clone(), type_name.clone()))
+                                .get(&(owner.clone(), type_name.clone()))
+                                .cloned()
                                 .unwrap_or_default(),
                         },
                         deps,
                     );
-                    created.insert((owner.clone(), type_name.clone()), id);
+                    if first_of_group {
+                        created.insert((owner.clone(), type_name.clone()), id);
+                    }
                     id
                 }
             };

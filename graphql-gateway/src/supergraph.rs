@@ -62,63 +62,292 @@ impl FieldSet {
         }
     }
 
+    /// Whether a representation could not carry both sets: they select
+    /// one field with different arguments (at any depth).
+    pub fn conflicts_with(&self, other: &FieldSet) -> bool {
+        self.0.iter().any(|(name, sub)| {
+            other.0.iter().any(|(theirs, their_sub)| {
+                if name == theirs {
+                    sub.conflicts_with(their_sub)
+                } else {
+                    Self::condition(name).is_none() && Self::field_name(name) == Self::field_name(theirs)
+                }
+            })
+        })
+    }
+
+    /// The field an entry selects: `price` for `price(currency:"USD")`.
+    pub fn field_name(entry: &str) -> &str {
+        entry.split_once('(').map_or(entry, |(name, _)| name)
+    }
+
+    /// The arguments an entry gives its field, as (name, GraphQL literal).
+    pub fn arguments(entry: &str) -> Vec<(String, String)> {
+        let Some(inner) = entry.split_once('(').and_then(|(_, rest)| rest.strip_suffix(')')) else {
+            return Vec::new();
+        };
+        split_top_level(inner)
+            .into_iter()
+            .filter_map(|a| a.split_once(':').map(|(n, v)| (n.to_string(), v.to_string())))
+            .collect()
+    }
+
+    /// The response key the gateway reads an entry's value under. A field
+    /// with arguments gets an alias of its own: the client (or another
+    /// `@requires`) may select the same field with other arguments.
+    pub fn response_key(entry: &str) -> std::borrow::Cow<'_, str> {
+        match entry.split_once('(') {
+            None => entry.into(),
+            Some((name, _)) => {
+                // FNV-1a: stable across runs and builds, unlike `DefaultHasher`.
+                let hash = entry.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+                format!("_rq_{name}_{hash:08x}").into()
+            }
+        }
+    }
+
+    /// Parses a field set: names with optional arguments (constant values,
+    /// no variables) and nested selections, and inline fragments. Entries
+    /// with arguments are kept as `name(arg:value,…)`, written without
+    /// insignificant white space so that equal selections compare equal.
     pub fn parse(text: &str) -> Result<FieldSet, String> {
-        let tokens: Vec<String> = text
-            .replace('{', " { ")
-            .replace('}', " } ")
-            .replace(',', " ")
-            .replace("...", " ... ")
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        let mut at = 0;
-        let set = Self::parse_level(&tokens, &mut at)?;
-        if at != tokens.len() {
-            return Err(format!("unexpected {:?} in field set {text:?}", tokens[at]));
+        let mut parser = FieldSetParser { text, at: 0 };
+        let set = parser.level(0)?;
+        parser.skip_ignored();
+        if parser.at != text.len() {
+            return Err(format!("unexpected {:?} in field set {text:?}", parser.rest_preview()));
         }
         Ok(set)
     }
+}
 
-    fn parse_level(tokens: &[String], at: &mut usize) -> Result<FieldSet, String> {
-        let mut fields = Vec::new();
-        while *at < tokens.len() && tokens[*at] != "}" {
-            let token = tokens[*at].as_str();
-            let name = if token == "..." {
-                // `... on Type { ... }`: the selection applies to objects of Type.
-                match (tokens.get(*at + 1).map(String::as_str), tokens.get(*at + 2)) {
-                    (Some("on"), Some(type_name)) if type_name != "{" => {
-                        *at += 2;
-                        format!("{INLINE}{type_name}")
-                    }
-                    _ => {
-                        return Err(
-                            "an inline fragment in a field set needs a type condition (`... on Type { ... }`)"
-                                .into(),
-                        )
-                    }
-                }
-            } else if token == "{" || token.contains('(') || token.contains('@') {
-                return Err(format!(
-                    "unsupported field set syntax at {token:?} (arguments and directives are not supported in field sets)"
-                ));
-            } else {
-                token.to_string()
-            };
-            *at += 1;
-            let mut sub = FieldSet::default();
-            if tokens.get(*at).map(String::as_str) == Some("{") {
-                *at += 1;
-                sub = Self::parse_level(tokens, at)?;
-                if tokens.get(*at).map(String::as_str) != Some("}") {
-                    return Err("unclosed { in field set".into());
-                }
-                *at += 1;
-            } else if Self::condition(&name).is_some() {
-                return Err(format!("{name} in a field set has no selection"));
+/// Splits `a:1,b:"x,y"` at the commas outside strings, lists and objects.
+fn split_top_level(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut in_string, mut escaped, mut from) = (0usize, false, false, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            '[' | '{' if !in_string => depth += 1,
+            ']' | '}' if !in_string => depth = depth.saturating_sub(1),
+            ',' if !in_string && depth == 0 => {
+                parts.push(&text[from..i]);
+                from = i + 1;
             }
-            fields.push((name, sub));
+            _ => {}
         }
-        Ok(FieldSet(fields))
+    }
+    if from < text.len() {
+        parts.push(&text[from..]);
+    }
+    parts
+}
+
+/// How deep a field set may nest: a supergraph is trusted input, but a
+/// malformed one must be refused, not overflow the stack.
+const MAX_FIELD_SET_DEPTH: usize = 64;
+
+struct FieldSetParser<'t> {
+    text: &'t str,
+    at: usize,
+}
+
+impl FieldSetParser<'_> {
+    fn rest(&self) -> &str {
+        &self.text[self.at..]
+    }
+
+    fn rest_preview(&self) -> String {
+        self.rest().chars().take(20).collect()
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.rest().chars().next()
+    }
+
+    /// White space, commas and comments are insignificant in GraphQL.
+    fn skip_ignored(&mut self) {
+        loop {
+            let Some(c) = self.peek() else { return };
+            if c.is_whitespace() || c == ',' || c == '\u{feff}' {
+                self.at += c.len_utf8();
+            } else if c == '#' {
+                self.at += self.rest().find('\n').unwrap_or(self.rest().len());
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn name(&mut self) -> &str {
+        let start = self.at;
+        let len = self.rest().find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(self.rest().len());
+        self.at += len;
+        &self.text[start..self.at]
+    }
+
+    fn expect(&mut self, want: char, what: &str) -> Result<(), String> {
+        self.skip_ignored();
+        if self.peek() == Some(want) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(format!("{what} in field set {:?} (at {:?})", self.text, self.rest_preview()))
+        }
+    }
+
+    fn level(&mut self, depth: usize) -> Result<FieldSet, String> {
+        if depth > MAX_FIELD_SET_DEPTH {
+            return Err(format!("field set {:?} nests deeper than {MAX_FIELD_SET_DEPTH} levels", self.text));
+        }
+        let mut fields = Vec::new();
+        loop {
+            self.skip_ignored();
+            match self.peek() {
+                None | Some('}') => return Ok(FieldSet(fields)),
+                _ => {}
+            }
+            let entry = if self.rest().starts_with("...") {
+                // `... on Type { ... }`: the selection applies to objects of Type.
+                self.at += 3;
+                self.skip_ignored();
+                let on = self.name().to_string();
+                self.skip_ignored();
+                let type_name = self.name().to_string();
+                if on != "on" || type_name.is_empty() {
+                    return Err("an inline fragment in a field set needs a type condition (`... on Type { ... }`)".into());
+                }
+                format!("{INLINE}{type_name}")
+            } else {
+                let name = self.name().to_string();
+                if name.is_empty() {
+                    let found = self.rest_preview();
+                    return Err(if found.starts_with('@') {
+                        format!("unsupported field set syntax at {found:?} (directives are not supported in field sets)")
+                    } else {
+                        format!("unexpected {found:?} in field set {:?}", self.text)
+                    });
+                }
+                self.skip_ignored();
+                if self.peek() == Some('(') {
+                    format!("{name}({})", self.arguments()?)
+                } else {
+                    name
+                }
+            };
+            self.skip_ignored();
+            if self.peek() == Some('@') {
+                return Err(format!("unsupported field set syntax at {:?} (directives are not supported in field sets)", self.rest_preview()));
+            }
+            let mut sub = FieldSet::default();
+            if self.peek() == Some('{') {
+                self.at += 1;
+                sub = self.level(depth + 1)?;
+                self.expect('}', "unclosed {")?;
+                if sub.0.is_empty() {
+                    return Err(format!("{entry} in field set {:?} has an empty selection", self.text));
+                }
+            } else if FieldSet::condition(&entry).is_some() {
+                return Err(format!("{entry} in a field set has no selection"));
+            }
+            fields.push((entry, sub));
+        }
+    }
+
+    /// `(a: 1, b: "x")` → `a:1,b:"x"`.
+    fn arguments(&mut self) -> Result<String, String> {
+        self.at += 1; // (
+        let mut out = Vec::new();
+        loop {
+            self.skip_ignored();
+            if self.peek() == Some(')') {
+                self.at += 1;
+                break;
+            }
+            let name = self.name().to_string();
+            if name.is_empty() {
+                return Err(format!("an argument name was expected in field set {:?} (at {:?})", self.text, self.rest_preview()));
+            }
+            self.expect(':', "`:` after an argument name was expected")?;
+            self.skip_ignored();
+            let value = self.value(0)?;
+            out.push(format!("{name}:{value}"));
+        }
+        if out.is_empty() {
+            return Err(format!("empty argument list in field set {:?}", self.text));
+        }
+        Ok(out.join(","))
+    }
+
+    /// A constant GraphQL value, written back without insignificant space.
+    fn value(&mut self, depth: usize) -> Result<String, String> {
+        if depth > MAX_FIELD_SET_DEPTH {
+            return Err(format!("a value in field set {:?} nests deeper than {MAX_FIELD_SET_DEPTH} levels", self.text));
+        }
+        self.skip_ignored();
+        match self.peek() {
+            Some('"') => {
+                if self.rest().starts_with("\"\"\"") {
+                    return Err(format!("block strings are not supported in field set arguments ({:?})", self.text));
+                }
+                let start = self.at;
+                self.at += 1;
+                let mut escaped = false;
+                loop {
+                    let Some(c) = self.peek() else {
+                        return Err(format!("unterminated string in field set {:?}", self.text));
+                    };
+                    self.at += c.len_utf8();
+                    match c {
+                        _ if escaped => escaped = false,
+                        '\\' => escaped = true,
+                        '"' => break,
+                        '\n' => return Err(format!("a line break in a string in field set {:?}", self.text)),
+                        _ => {}
+                    }
+                }
+                Ok(self.text[start..self.at].to_string())
+            }
+            Some(open @ ('[' | '{')) => {
+                let close = if open == '[' { ']' } else { '}' };
+                self.at += 1;
+                let mut items = Vec::new();
+                loop {
+                    self.skip_ignored();
+                    if self.peek() == Some(close) {
+                        self.at += 1;
+                        break;
+                    }
+                    if self.peek().is_none() {
+                        return Err(format!("unclosed {open} in field set {:?}", self.text));
+                    }
+                    if open == '{' {
+                        let name = self.name().to_string();
+                        if name.is_empty() {
+                            return Err(format!("an object field name was expected in field set {:?} (at {:?})", self.text, self.rest_preview()));
+                        }
+                        self.expect(':', "`:` after an object field name was expected")?;
+                        items.push(format!("{name}:{}", self.value(depth + 1)?));
+                    } else {
+                        items.push(self.value(depth + 1)?);
+                    }
+                }
+                Ok(format!("{open}{}{close}", items.join(",")))
+            }
+            Some('$') => Err(format!("variables are not allowed in field set {:?}", self.text)),
+            _ => {
+                // Numbers, booleans, null and enum values.
+                let start = self.at;
+                let len = self.rest().find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '.'))).unwrap_or(self.rest().len());
+                if len == 0 {
+                    return Err(format!("a value was expected in field set {:?} (at {:?})", self.text, self.rest_preview()));
+                }
+                self.at += len;
+                Ok(self.text[start..self.at].to_string())
+            }
+        }
     }
 }
 
@@ -509,7 +738,10 @@ impl Supergraph {
         })
     }
 
+    /// The field an entry of a field set names also answers to its name
+    /// with arguments (`price(currency:"USD")`).
     pub fn field(&self, type_name: &str, field: &str) -> Option<&FieldInfo> {
+        let field = FieldSet::field_name(field);
         self.fields.get(&(type_name.to_string(), field.to_string()))
     }
 
@@ -701,6 +933,42 @@ mod tests {
         assert_eq!(pet.0[1].1 .0[0].0, "meows");
         assert!(pet.has_conditions());
         assert!(FieldSet::parse("pet { ... { barks } }").is_err());
+    }
+
+    #[test]
+    fn field_sets_carry_arguments_normalized_and_aliased() {
+        let set = FieldSet::parse("price(currency: \"USD\") weight category { averagePrice(currency: \"U, S(D)\" , round: [1, 2], by: {unit: KG}) }")
+            .expect("arguments");
+        let names: Vec<&str> = set.0.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["price(currency:\"USD\")", "weight", "category"]);
+        let nested = &set.0[2].1 .0[0].0;
+        assert_eq!(nested, "averagePrice(currency:\"U, S(D)\",round:[1,2],by:{unit:KG})");
+        assert_eq!(FieldSet::field_name(nested), "averagePrice");
+        assert_eq!(
+            FieldSet::arguments(nested),
+            [("currency".to_string(), "\"U, S(D)\"".to_string()), ("round".into(), "[1,2]".into()), ("by".into(), "{unit:KG}".into())]
+        );
+        // Written the same however it was spaced: one alias.
+        let again = FieldSet::parse("price( currency:\"USD\" )").expect("spaced");
+        assert_eq!(again.0[0].0, set.0[0].0);
+        let key = FieldSet::response_key(&set.0[0].0);
+        assert!(key.starts_with("_rq_price_") && key.len() == "_rq_price_".len() + 8, "{key}");
+        assert_ne!(key, FieldSet::response_key("price(currency:\"EUR\")"));
+        assert_eq!(FieldSet::response_key("weight"), "weight");
+        for bad in ["price(currency: $c)", "price(currency:)", "price()", "price(\"USD\")", "price(currency: \"USD)", "id @skip(if: true)", "id { }", "a(b: [1, 2)"] {
+            assert!(FieldSet::parse(bad).is_err(), "{bad} parsed");
+        }
+        let deep = format!("{}x{}", "a { ".repeat(100), " }".repeat(100));
+        assert!(FieldSet::parse(&deep).expect_err("too deep").contains("deeper than"));
+    }
+
+    #[test]
+    fn field_sets_conflict_when_they_give_one_field_other_arguments() {
+        let set = |t: &str| FieldSet::parse(t).expect("set");
+        assert!(set("price(currency: \"USD\") weight").conflicts_with(&set("price(currency: \"EUR\")")));
+        assert!(set("category { avg(c: 1) }").conflicts_with(&set("category { avg(c: 2) }")));
+        assert!(!set("price(currency: \"USD\") weight").conflicts_with(&set("weight price(currency: \"USD\")")));
+        assert!(!set("category { avg(c: 1) } id").conflicts_with(&set("category { name } upc")));
     }
 
     #[test]

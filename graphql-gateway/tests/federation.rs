@@ -940,6 +940,19 @@ fn chained_requires_pass_through_every_subgraph_on_the_way() {
         "gateway log:\n{}",
         gw.log()
     );
+    // Required fields with arguments: each is asked of catalog under an
+    // alias of its own, beside the client's own `price` with other
+    // arguments; `estimate` (price in USD) and `estimateEur` (in EUR) cannot
+    // share a representation, so shipping is asked twice.
+    assert_eq!(
+        gw.query("{ products { id price(currency: \"GBP\") usd: price(currency: \"USD\") estimate estimateEur cost(zone: \"EU\") } }"),
+        json!({"data": {"products": [
+            {"id": "1", "price": 40, "usd": 50, "estimate": 500, "estimateEur": 90, "cost": 10},
+            {"id": "2", "price": null, "usd": null, "estimate": null, "estimateEur": null, "cost": null},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
     // Asked directly, weight needs only the first step.
     assert_eq!(
         gw.query("{ products { weight } }"),

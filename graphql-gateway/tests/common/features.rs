@@ -490,6 +490,16 @@ pub mod requires {
         async fn size(&self) -> Option<i32> {
             self.size
         }
+        /// Another value per currency, so a value sent under the wrong
+        /// arguments shows.
+        async fn price(&self, currency: String) -> Option<i32> {
+            let per_size = match currency.as_str() {
+                "USD" => 10,
+                "EUR" => 9,
+                _ => 8,
+            };
+            self.size.map(|s| s * per_size)
+        }
     }
 
     const SIZES: [(&str, Option<i32>); 2] = [("1", Some(5)), ("2", None)];
@@ -556,6 +566,9 @@ pub mod requires {
     pub struct ShippingProduct {
         id: ID,
         weight: Option<i32>,
+        /// `price(currency: "USD")` or `price(currency: "EUR")`, whichever
+        /// the representation carried.
+        price: Option<i32>,
     }
 
     #[Object(name = "Product")]
@@ -572,6 +585,15 @@ pub mod requires {
             let factor = if zone == "EU" { 1 } else { 3 };
             self.weight.map(|w| w * factor)
         }
+        /// Requires `price(currency: "USD") weight`.
+        async fn estimate(&self) -> Option<i32> {
+            Some(self.price? * self.weight?)
+        }
+        /// Requires `price(currency: "EUR")`: the same field with other
+        /// arguments, so it cannot share a representation with `estimate`.
+        async fn estimate_eur(&self) -> Option<i32> {
+            self.price.map(|p| p * 2)
+        }
     }
 
     pub struct ShippingQuery;
@@ -582,11 +604,13 @@ pub mod requires {
         async fn product(
             &self,
             #[graphql(key)] id: ID,
-            weight: Json<Option<i32>>,
+            weight: Option<Json<Option<i32>>>,
+            price: Option<Json<Option<i32>>>,
         ) -> ShippingProduct {
             ShippingProduct {
                 id,
-                weight: weight.0,
+                weight: weight.and_then(|w| w.0),
+                price: price.and_then(|p| p.0),
             }
         }
     }
