@@ -304,22 +304,45 @@ impl Planner<'_> {
                 .field(type_name, name)
                 .map(|i| i.graphs.clone())
                 .unwrap_or_default();
-            let provider = graphs
-                .iter()
-                .filter(|g| **g != target && (**g != at.graph || computed_there))
-                .find(|g| {
-                    self.key_for(g, type_name, at.graph).is_some_and(|k| {
+            let reachable = |g: &&String| {
+                (**g != at.graph || computed_there)
+                    && self.key_for(g, type_name, at.graph).is_some_and(|k| {
                         k.0.iter()
                             .all(|(n, _)| self.sg.resolves(at.graph, type_name, n))
                     })
-                })
+            };
+            // The target itself answers a field it needs in its own
+            // representation (`author` for `byNovice @requires(fields:
+            // "author { yearsOfExperience }")`, where only another subgraph
+            // has `yearsOfExperience`) through an earlier fetch of its own,
+            // if it does not require fields for it in turn.
+            let target_supplies = |g: &&String| {
+                **g == target
+                    && self
+                        .sg
+                        .field(type_name, name)
+                        .and_then(|i| i.requires.get(target))
+                        .is_none_or(|r| r.0.is_empty())
+            };
+            let provider = graphs
+                .iter()
+                .filter(|g| **g != target)
+                .find(reachable)
+                .or_else(|| graphs.iter().filter(target_supplies).find(reachable))
                 .cloned()
                 .ok_or_else(|| PlanError::Unreachable {
                     field: format!("{type_name}.{name}"),
                     from: at.graph.to_string(),
                     to: target.to_string(),
                 })?;
-            let pid = match created.get(&(provider.clone(), type_name.to_string())) {
+            // A supplying fetch to the target is not the target's own fetch,
+            // which waits for it: it is kept apart under its own name.
+            let created_key = if provider == target {
+                (provider.clone(), format!("{type_name} (supplies {target})"))
+            } else {
+                (provider.clone(), type_name.to_string())
+            };
+            let pid = match created.get(&created_key) {
                 Some(id) => *id,
                 None => {
                     let pkey = self
@@ -351,7 +374,7 @@ impl Planner<'_> {
                             self.fetches[id].deps.push(d);
                         }
                     }
-                    created.insert((provider.clone(), type_name.to_string()), id);
+                    created.insert(created_key, id);
                     id
                 }
             };
@@ -381,9 +404,31 @@ impl Planner<'_> {
                     requires.merge(&self.sg.concrete_field_set(type_name, &provider_requires));
                 }
             }
-            add_unique(&mut self.fetches[pid].selection, fieldset_field(name, sub));
-            if !deps.contains(&pid) {
-                deps.push(pid);
+            // Nested fields the provider cannot answer (`author {
+            // yearsOfExperience }`) come from entity fetches of the nested
+            // objects after it, which the target's fetch waits for too.
+            let mut selection = Vec::new();
+            let nested = self.supply_here(
+                &Supplying {
+                    fetch: pid,
+                    graph: &provider,
+                    type_name,
+                    path: at.path,
+                    condition: &None,
+                },
+                name,
+                sub,
+                target,
+                &mut selection,
+                chain + 1,
+            )?;
+            for f in selection {
+                add_unique(&mut self.fetches[pid].selection, f);
+            }
+            for d in std::iter::once(pid).chain(nested) {
+                if !deps.contains(&d) {
+                    deps.push(d);
+                }
             }
         }
         Ok(deps)
@@ -423,8 +468,9 @@ impl Planner<'_> {
             }
             return Ok(Vec::new());
         };
+        let field = fieldset_field(name, &FieldSet::default());
         let mut path = at.path.to_vec();
-        path.push(name.to_string());
+        path.push(field.key.clone());
         let mut children = Vec::new();
         let mut created = BTreeMap::new();
         let deps = self.supply(
@@ -444,12 +490,9 @@ impl Planner<'_> {
         add_unique(
             from_here,
             SubField {
-                key: name.to_string(),
-                name: name.to_string(),
-                args: Vec::new(),
                 condition: at.condition.clone(),
                 children,
-                response_key: None,
+                ..field
             },
         );
         Ok(deps)
