@@ -953,6 +953,18 @@ fn chained_requires_pass_through_every_subgraph_on_the_way() {
         "gateway log:\n{}",
         gw.log()
     );
+    // `duty` requires `maker { country }`: shipping answers `maker` itself,
+    // only catalog `country`. Shipping is asked for the maker in a fetch of
+    // its own, catalog for the country, then shipping for the duty.
+    assert_eq!(
+        gw.query("{ products { id duty maker { country } } }"),
+        json!({"data": {"products": [
+            {"id": "1", "duty": 5, "maker": {"country": "FR"}},
+            {"id": "2", "duty": 7, "maker": {"country": "JP"}},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
     // Asked directly, weight needs only the first step.
     assert_eq!(
         gw.query("{ products { weight } }"),

@@ -504,10 +504,31 @@ pub mod requires {
 
     const SIZES: [(&str, Option<i32>); 2] = [("1", Some(5)), ("2", None)];
 
+    /// Known by its country here only; shipping knows which product it made.
+    pub struct CatalogMaker(ID);
+
+    #[Object(name = "Maker")]
+    impl CatalogMaker {
+        async fn id(&self) -> &ID {
+            &self.0
+        }
+        async fn country(&self) -> &str {
+            if self.0.as_str() == "m1" {
+                "FR"
+            } else {
+                "JP"
+            }
+        }
+    }
+
     pub struct CatalogQuery;
 
     #[Object(name = "Query")]
     impl CatalogQuery {
+        #[graphql(entity)]
+        async fn maker(&self, id: ID) -> CatalogMaker {
+            CatalogMaker(id)
+        }
         async fn products(&self) -> Vec<CatalogProduct> {
             SIZES
                 .iter()
@@ -569,6 +590,14 @@ pub mod requires {
         /// `price(currency: "USD")` or `price(currency: "EUR")`, whichever
         /// the representation carried.
         price: Option<i32>,
+        /// `maker { country }`, when the representation carried it.
+        maker_country: Option<String>,
+    }
+
+    #[derive(SimpleObject)]
+    #[graphql(name = "Maker")]
+    pub struct ShippingMaker {
+        id: ID,
     }
 
     #[Object(name = "Product")]
@@ -594,6 +623,18 @@ pub mod requires {
         async fn estimate_eur(&self) -> Option<i32> {
             self.price.map(|p| p * 2)
         }
+        /// Answered here: the maker is shipping's own field.
+        async fn maker(&self) -> ShippingMaker {
+            ShippingMaker {
+                id: ID(if self.id.as_str() == "1" { "m1" } else { "m2" }.into()),
+            }
+        }
+        /// Requires `maker { country }`: `maker` is this subgraph's own field,
+        /// `country` only catalog's, so the gateway asks this subgraph for the
+        /// maker first, catalog for its country, then this subgraph again.
+        async fn duty(&self) -> Option<i32> {
+            self.maker_country.as_deref().map(|c| if c == "FR" { 5 } else { 7 })
+        }
     }
 
     pub struct ShippingQuery;
@@ -606,11 +647,13 @@ pub mod requires {
             #[graphql(key)] id: ID,
             weight: Option<Json<Option<i32>>>,
             price: Option<Json<Option<i32>>>,
+            maker: Option<Json<serde_json::Value>>,
         ) -> ShippingProduct {
             ShippingProduct {
                 id,
                 weight: weight.and_then(|w| w.0),
                 price: price.and_then(|p| p.0),
+                maker_country: maker.and_then(|m| m.0["country"].as_str().map(str::to_string)),
             }
         }
     }
