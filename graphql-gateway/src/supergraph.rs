@@ -70,7 +70,8 @@ impl FieldSet {
                 if name == theirs {
                     sub.conflicts_with(their_sub)
                 } else {
-                    Self::condition(name).is_none() && Self::field_name(name) == Self::field_name(theirs)
+                    Self::condition(name).is_none()
+                        && Self::field_name(name) == Self::field_name(theirs)
                 }
             })
         })
@@ -83,12 +84,18 @@ impl FieldSet {
 
     /// The arguments an entry gives its field, as (name, GraphQL literal).
     pub fn arguments(entry: &str) -> Vec<(String, String)> {
-        let Some(inner) = entry.split_once('(').and_then(|(_, rest)| rest.strip_suffix(')')) else {
+        let Some(inner) = entry
+            .split_once('(')
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+        else {
             return Vec::new();
         };
         split_top_level(inner)
             .into_iter()
-            .filter_map(|a| a.split_once(':').map(|(n, v)| (n.to_string(), v.to_string())))
+            .filter_map(|a| {
+                a.split_once(':')
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+            })
             .collect()
     }
 
@@ -100,7 +107,9 @@ impl FieldSet {
             None => entry.into(),
             Some((name, _)) => {
                 // FNV-1a: stable across runs and builds, unlike `DefaultHasher`.
-                let hash = entry.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+                let hash = entry.bytes().fold(0x811c_9dc5_u32, |h, b| {
+                    (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+                });
                 format!("_rq_{name}_{hash:08x}").into()
             }
         }
@@ -115,7 +124,10 @@ impl FieldSet {
         let set = parser.level(0)?;
         parser.skip_ignored();
         if parser.at != text.len() {
-            return Err(format!("unexpected {:?} in field set {text:?}", parser.rest_preview()));
+            return Err(format!(
+                "unexpected {:?} in field set {text:?}",
+                parser.rest_preview()
+            ));
         }
         Ok(set)
     }
@@ -183,7 +195,10 @@ impl FieldSetParser<'_> {
 
     fn name(&mut self) -> &str {
         let start = self.at;
-        let len = self.rest().find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(self.rest().len());
+        let len = self
+            .rest()
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(self.rest().len());
         self.at += len;
         &self.text[start..self.at]
     }
@@ -194,13 +209,20 @@ impl FieldSetParser<'_> {
             self.at += 1;
             Ok(())
         } else {
-            Err(format!("{what} in field set {:?} (at {:?})", self.text, self.rest_preview()))
+            Err(format!(
+                "{what} in field set {:?} (at {:?})",
+                self.text,
+                self.rest_preview()
+            ))
         }
     }
 
     fn level(&mut self, depth: usize) -> Result<FieldSet, String> {
         if depth > MAX_FIELD_SET_DEPTH {
-            return Err(format!("field set {:?} nests deeper than {MAX_FIELD_SET_DEPTH} levels", self.text));
+            return Err(format!(
+                "field set {:?} nests deeper than {MAX_FIELD_SET_DEPTH} levels",
+                self.text
+            ));
         }
         let mut fields = Vec::new();
         loop {
@@ -247,7 +269,10 @@ impl FieldSetParser<'_> {
                 sub = self.level(depth + 1)?;
                 self.expect('}', "unclosed {")?;
                 if sub.0.is_empty() {
-                    return Err(format!("{entry} in field set {:?} has an empty selection", self.text));
+                    return Err(format!(
+                        "{entry} in field set {:?} has an empty selection",
+                        self.text
+                    ));
                 }
             } else if FieldSet::condition(&entry).is_some() {
                 return Err(format!("{entry} in a field set has no selection"));
@@ -268,7 +293,11 @@ impl FieldSetParser<'_> {
             }
             let name = self.name().to_string();
             if name.is_empty() {
-                return Err(format!("an argument name was expected in field set {:?} (at {:?})", self.text, self.rest_preview()));
+                return Err(format!(
+                    "an argument name was expected in field set {:?} (at {:?})",
+                    self.text,
+                    self.rest_preview()
+                ));
             }
             self.expect(':', "`:` after an argument name was expected")?;
             self.skip_ignored();
@@ -284,13 +313,19 @@ impl FieldSetParser<'_> {
     /// A constant GraphQL value, written back without insignificant space.
     fn value(&mut self, depth: usize) -> Result<String, String> {
         if depth > MAX_FIELD_SET_DEPTH {
-            return Err(format!("a value in field set {:?} nests deeper than {MAX_FIELD_SET_DEPTH} levels", self.text));
+            return Err(format!(
+                "a value in field set {:?} nests deeper than {MAX_FIELD_SET_DEPTH} levels",
+                self.text
+            ));
         }
         self.skip_ignored();
         match self.peek() {
             Some('"') => {
                 if self.rest().starts_with("\"\"\"") {
-                    return Err(format!("block strings are not supported in field set arguments ({:?})", self.text));
+                    return Err(format!(
+                        "block strings are not supported in field set arguments ({:?})",
+                        self.text
+                    ));
                 }
                 let start = self.at;
                 self.at += 1;
@@ -304,7 +339,12 @@ impl FieldSetParser<'_> {
                         _ if escaped => escaped = false,
                         '\\' => escaped = true,
                         '"' => break,
-                        '\n' => return Err(format!("a line break in a string in field set {:?}", self.text)),
+                        '\n' => {
+                            return Err(format!(
+                                "a line break in a string in field set {:?}",
+                                self.text
+                            ))
+                        }
                         _ => {}
                     }
                 }
@@ -326,7 +366,11 @@ impl FieldSetParser<'_> {
                     if open == '{' {
                         let name = self.name().to_string();
                         if name.is_empty() {
-                            return Err(format!("an object field name was expected in field set {:?} (at {:?})", self.text, self.rest_preview()));
+                            return Err(format!(
+                                "an object field name was expected in field set {:?} (at {:?})",
+                                self.text,
+                                self.rest_preview()
+                            ));
                         }
                         self.expect(':', "`:` after an object field name was expected")?;
                         items.push(format!("{name}:{}", self.value(depth + 1)?));
@@ -336,13 +380,25 @@ impl FieldSetParser<'_> {
                 }
                 Ok(format!("{open}{}{close}", items.join(",")))
             }
-            Some('$') => Err(format!("variables are not allowed in field set {:?}", self.text)),
+            Some('$') => Err(format!(
+                "variables are not allowed in field set {:?}",
+                self.text
+            )),
             _ => {
                 // Numbers, booleans, null and enum values.
                 let start = self.at;
-                let len = self.rest().find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '.'))).unwrap_or(self.rest().len());
+                let len = self
+                    .rest()
+                    .find(|c: char| {
+                        !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '.'))
+                    })
+                    .unwrap_or(self.rest().len());
                 if len == 0 {
-                    return Err(format!("a value was expected in field set {:?} (at {:?})", self.text, self.rest_preview()));
+                    return Err(format!(
+                        "a value was expected in field set {:?} (at {:?})",
+                        self.text,
+                        self.rest_preview()
+                    ));
                 }
                 self.at += len;
                 Ok(self.text[start..self.at].to_string())
@@ -942,32 +998,56 @@ mod tests {
         let names: Vec<&str> = set.0.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["price(currency:\"USD\")", "weight", "category"]);
         let nested = &set.0[2].1 .0[0].0;
-        assert_eq!(nested, "averagePrice(currency:\"U, S(D)\",round:[1,2],by:{unit:KG})");
+        assert_eq!(
+            nested,
+            "averagePrice(currency:\"U, S(D)\",round:[1,2],by:{unit:KG})"
+        );
         assert_eq!(FieldSet::field_name(nested), "averagePrice");
         assert_eq!(
             FieldSet::arguments(nested),
-            [("currency".to_string(), "\"U, S(D)\"".to_string()), ("round".into(), "[1,2]".into()), ("by".into(), "{unit:KG}".into())]
+            [
+                ("currency".to_string(), "\"U, S(D)\"".to_string()),
+                ("round".into(), "[1,2]".into()),
+                ("by".into(), "{unit:KG}".into())
+            ]
         );
         // Written the same however it was spaced: one alias.
         let again = FieldSet::parse("price( currency:\"USD\" )").expect("spaced");
         assert_eq!(again.0[0].0, set.0[0].0);
         let key = FieldSet::response_key(&set.0[0].0);
-        assert!(key.starts_with("_rq_price_") && key.len() == "_rq_price_".len() + 8, "{key}");
+        assert!(
+            key.starts_with("_rq_price_") && key.len() == "_rq_price_".len() + 8,
+            "{key}"
+        );
         assert_ne!(key, FieldSet::response_key("price(currency:\"EUR\")"));
         assert_eq!(FieldSet::response_key("weight"), "weight");
-        for bad in ["price(currency: $c)", "price(currency:)", "price()", "price(\"USD\")", "price(currency: \"USD)", "id @skip(if: true)", "id { }", "a(b: [1, 2)"] {
+        for bad in [
+            "price(currency: $c)",
+            "price(currency:)",
+            "price()",
+            "price(\"USD\")",
+            "price(currency: \"USD)",
+            "id @skip(if: true)",
+            "id { }",
+            "a(b: [1, 2)",
+        ] {
             assert!(FieldSet::parse(bad).is_err(), "{bad} parsed");
         }
         let deep = format!("{}x{}", "a { ".repeat(100), " }".repeat(100));
-        assert!(FieldSet::parse(&deep).expect_err("too deep").contains("deeper than"));
+        assert!(FieldSet::parse(&deep)
+            .expect_err("too deep")
+            .contains("deeper than"));
     }
 
     #[test]
     fn field_sets_conflict_when_they_give_one_field_other_arguments() {
         let set = |t: &str| FieldSet::parse(t).expect("set");
-        assert!(set("price(currency: \"USD\") weight").conflicts_with(&set("price(currency: \"EUR\")")));
+        assert!(
+            set("price(currency: \"USD\") weight").conflicts_with(&set("price(currency: \"EUR\")"))
+        );
         assert!(set("category { avg(c: 1) }").conflicts_with(&set("category { avg(c: 2) }")));
-        assert!(!set("price(currency: \"USD\") weight").conflicts_with(&set("weight price(currency: \"USD\")")));
+        assert!(!set("price(currency: \"USD\") weight")
+            .conflicts_with(&set("weight price(currency: \"USD\")")));
         assert!(!set("category { avg(c: 1) } id").conflicts_with(&set("category { name } upc")));
     }
 

@@ -633,7 +633,9 @@ pub mod requires {
         /// `country` only catalog's, so the gateway asks this subgraph for the
         /// maker first, catalog for its country, then this subgraph again.
         async fn duty(&self) -> Option<i32> {
-            self.maker_country.as_deref().map(|c| if c == "FR" { 5 } else { 7 })
+            self.maker_country
+                .as_deref()
+                .map(|c| if c == "FR" { 5 } else { 7 })
         }
     }
 
