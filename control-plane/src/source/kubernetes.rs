@@ -39,15 +39,15 @@ struct Stores {
 
 impl Stores {
     async fn wait_until_listed(&self) -> anyhow::Result<()> {
-        listed("Service", &self.services).await?;
+        listed("Services", &self.services).await?;
         match &self.endpoints {
             EndpointStore::Endpoints(s) => listed("Endpoints", s).await?,
-            EndpointStore::Slices(s) => listed("EndpointSlice", s).await?,
+            EndpointStore::Slices(s) => listed("EndpointSlices", s).await?,
         }
         if let Some(routes) = &self.routes {
-            listed("HTTPRoute", routes).await?;
+            listed("HTTPRoutes", routes).await?;
         }
-        listed("Pod", &self.pods).await
+        listed("Pods", &self.pods).await
     }
 }
 
@@ -61,8 +61,8 @@ where
     loop {
         match tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready()).await {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(_)) => anyhow::bail!("the {kind} watch stopped before its first list"),
-            Err(_) => tracing::warn!(kind, "still waiting for the first list of {kind}s: not Ready, no proxy is served until it completes (see the watch errors; is list/watch granted?)"),
+            Ok(Err(_)) => anyhow::bail!("the watch of {kind} stopped before its first list"),
+            Err(_) => tracing::warn!(kind, "still waiting for the first list of {kind}: not Ready, no proxy is served until it completes (see the watch errors; is list/watch granted?)"),
         }
     }
 }
