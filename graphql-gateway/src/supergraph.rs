@@ -291,23 +291,27 @@ impl FieldSetParser<'_> {
                 self.at += 1;
                 break;
             }
-            let name = self.name().to_string();
-            if name.is_empty() {
-                return Err(format!(
-                    "an argument name was expected in field set {:?} (at {:?})",
-                    self.text,
-                    self.rest_preview()
-                ));
-            }
-            self.expect(':', "`:` after an argument name was expected")?;
-            self.skip_ignored();
-            let value = self.value(0)?;
-            out.push(format!("{name}:{value}"));
+            out.push(self.named_value("an argument", 0)?);
         }
         if out.is_empty() {
             return Err(format!("empty argument list in field set {:?}", self.text));
         }
         Ok(out.join(","))
+    }
+
+    /// `name: value` (an argument, or a field of an object value) →
+    /// `name:value`.
+    fn named_value(&mut self, what: &str, depth: usize) -> Result<String, String> {
+        let name = self.name().to_string();
+        if name.is_empty() {
+            return Err(format!(
+                "{what} name was expected in field set {:?} (at {:?})",
+                self.text,
+                self.rest_preview()
+            ));
+        }
+        self.expect(':', &format!("`:` after {what} name was expected"))?;
+        Ok(format!("{name}:{}", self.value(depth)?))
     }
 
     /// A constant GraphQL value, written back without insignificant space.
@@ -364,16 +368,7 @@ impl FieldSetParser<'_> {
                         return Err(format!("unclosed {open} in field set {:?}", self.text));
                     }
                     if open == '{' {
-                        let name = self.name().to_string();
-                        if name.is_empty() {
-                            return Err(format!(
-                                "an object field name was expected in field set {:?} (at {:?})",
-                                self.text,
-                                self.rest_preview()
-                            ));
-                        }
-                        self.expect(':', "`:` after an object field name was expected")?;
-                        items.push(format!("{name}:{}", self.value(depth + 1)?));
+                        items.push(self.named_value("an object field", depth + 1)?);
                     } else {
                         items.push(self.value(depth + 1)?);
                     }
