@@ -200,6 +200,21 @@ struct Supplying<'a> {
     /// Set below an abstract parent: what the parent fetch adds is asked
     /// under `... on Type`.
     condition: &'a Option<String>,
+    /// What the parent fetch's subgraph `@provides` on these objects: it
+    /// answers those fields here though it declares them `@external`.
+    provided: Option<&'a FieldSet>,
+}
+
+impl Supplying<'_> {
+    /// Whether the parent fetch's subgraph answers `name { sub }` on these
+    /// objects: it resolves the field, or provides it here.
+    fn answers(&self, sg: &Supergraph, name: &str, sub: &FieldSet) -> bool {
+        sg.resolves(self.graph, self.type_name, name)
+            || self.provided.is_some_and(|p| {
+                p.0.iter()
+                    .any(|(n, s)| n == name && (sub.0.is_empty() || s == sub))
+            })
+    }
 }
 
 struct Planner<'s> {
@@ -281,11 +296,14 @@ impl Planner<'_> {
         let type_name = at.type_name;
         let mut deps = Vec::new();
         for (name, sub) in &needed.0 {
+            if self.in_representation(at, name, sub) {
+                continue;
+            }
             // A field the parent's subgraph computes from fields it
             // `@requires` is fetched from it as an entity, like any other.
             let computed_there =
                 self.requires_representation(at.fetch, at.graph, type_name, name, at.path);
-            if self.sg.resolves(at.graph, type_name, name) && !computed_there {
+            if at.answers(self.sg, name, sub) && !computed_there {
                 for d in self.supply_here(at, name, sub, target, from_here, chain)? {
                     if !deps.contains(&d) {
                         deps.push(d);
@@ -304,13 +322,15 @@ impl Planner<'_> {
                 .field(type_name, name)
                 .map(|i| i.graphs.clone())
                 .unwrap_or_default();
-            let reachable = |g: &&String| {
-                (**g != at.graph || computed_there)
-                    && self.key_for(g, type_name, at.graph).is_some_and(|k| {
-                        k.0.iter()
-                            .all(|(n, _)| self.sg.resolves(at.graph, type_name, n))
-                    })
+            let answered_key = |g: &str| {
+                self.sg
+                    .keys(g, type_name)
+                    .iter()
+                    .find(|k| k.0.iter().all(|(n, sub)| at.answers(self.sg, n, sub)))
+                    .cloned()
             };
+            let reachable =
+                |g: &&String| (**g != at.graph || computed_there) && answered_key(g).is_some();
             // The target itself answers a field it needs in its own
             // representation (`author` for `byNovice @requires(fields:
             // "author { yearsOfExperience }")`, where only another subgraph
@@ -345,8 +365,7 @@ impl Planner<'_> {
             let pid = match created.get(&created_key) {
                 Some(id) => *id,
                 None => {
-                    let pkey = self
-                        .key_for(&provider, type_name, at.graph)
+                    let pkey = answered_key(&provider)
                         .ok_or_else(|| PlanError::NoKey {
                             type_name: type_name.to_string(),
                             graph: provider.clone(),
@@ -415,6 +434,7 @@ impl Planner<'_> {
                     type_name,
                     path: at.path,
                     condition: &None,
+                    provided: None,
                 },
                 name,
                 sub,
@@ -432,6 +452,25 @@ impl Planner<'_> {
             }
         }
         Ok(deps)
+    }
+
+    /// Whether the objects at `at` already hold `name { sub }` because the
+    /// parent fetch is an entity fetch of them that was sent it in its
+    /// representation: the objects had it before that fetch (a key field
+    /// the parent's subgraph declares `@external`, say).
+    fn in_representation(&self, at: &Supplying, name: &str, sub: &FieldSet) -> bool {
+        match &self.fetches[at.fetch].kind {
+            FetchKind::Entity {
+                type_name,
+                path,
+                key,
+                requires,
+                ..
+            } if type_name == at.type_name && path.as_slice() == at.path => [key, requires]
+                .iter()
+                .any(|set| set.0.iter().any(|(n, s)| n == name && s == sub)),
+            _ => false,
+        }
     }
 
     /// Asks `name { sub }`, which the parent fetch's subgraph resolves,
@@ -480,6 +519,7 @@ impl Planner<'_> {
                 type_name: output,
                 path: &path,
                 condition: &None,
+                provided: None,
             },
             sub,
             target,
@@ -557,9 +597,9 @@ impl Planner<'_> {
     /// For a field `graph` answers on objects of `owner_type` whose
     /// sub-selection has stranded fields (a value type, say, whose other
     /// fields only another subgraph has): that other subgraph, when it
-    /// resolves the field and the stranded fields and has a key of
-    /// `owner_type`, and the field with only those fields, to fetch from it
-    /// as an entity of `owner_type`. The field's object is then answered by
+    /// resolves the field, has a key of `owner_type` and resolves or can
+    /// reach the stranded fields, and the field with only those fields, to
+    /// fetch from it as an entity of `owner_type`. The field's object is then answered by
     /// both subgraphs and merged. The rest of the sub-selection stays here.
     fn parent_hop(
         &self,
@@ -577,14 +617,25 @@ impl Planner<'_> {
             return None;
         }
         let info = self.sg.field(owner_type, &field.name)?;
-        let hop = info.graphs.iter().find(|g| {
-            *g != graph
-                && self.sg.key(g, owner_type).is_some()
-                && stranded.iter().all(|c| {
-                    self.sg
-                        .resolves(g, c.condition.as_deref().unwrap_or(output), &c.name)
-                })
-        })?;
+        // A subgraph that resolves every stranded field, or else one that
+        // can reach each of them: it answers a key of the field's object
+        // that a subgraph having the field resolves by (`category { id }`
+        // there, and `name` then from the subgraph with `Category @key(id)`).
+        let resolves_all = |g: &&String| {
+            stranded.iter().all(|c| {
+                self.sg
+                    .resolves(g, c.condition.as_deref().unwrap_or(output), &c.name)
+            })
+        };
+        let reaches_all = |g: &&String| stranded.iter().all(|c| !self.stranded(g, output, c));
+        let candidates = || {
+            info.graphs
+                .iter()
+                .filter(|g| *g != graph && self.sg.key(g, owner_type).is_some())
+        };
+        let hop = candidates()
+            .find(resolves_all)
+            .or_else(|| candidates().find(reaches_all))?;
         Some((
             hop.clone(),
             Field {
@@ -1188,6 +1239,7 @@ impl Planner<'_> {
                     type_name: &type_name,
                     path,
                     condition: &condition,
+                    provided,
                 },
                 &needed,
                 &owner,
