@@ -365,12 +365,11 @@ impl Planner<'_> {
             let pid = match created.get(&created_key) {
                 Some(id) => *id,
                 None => {
-                    let pkey = answered_key(&provider)
-                        .ok_or_else(|| PlanError::NoKey {
-                            type_name: type_name.to_string(),
-                            graph: provider.clone(),
-                            field: name.clone(),
-                        })?;
+                    let pkey = answered_key(&provider).ok_or_else(|| PlanError::NoKey {
+                        type_name: type_name.to_string(),
+                        graph: provider.clone(),
+                        field: name.clone(),
+                    })?;
                     let id = self.new_fetch(
                         &provider,
                         FetchKind::Entity {

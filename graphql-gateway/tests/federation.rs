@@ -1389,3 +1389,41 @@ fn type_conditions_follow_each_subgraphs_own_interface_implementations() {
         gw.log()
     );
 }
+
+#[test]
+fn fields_two_hops_away_are_reached_through_keys_other_subgraphs_answer() {
+    let rt = runtime();
+    let subgraphs = rt.block_on(common::features::hops::start());
+    let gw = gateway_over(
+        "hops-supergraph.graphql",
+        &subgraphs,
+        &["catalog", "categories", "details", "makers", "tags"],
+        "",
+    );
+    // `category` comes from `details` (its `details`) and, as a hop through
+    // the product's key, from `tags` (its `id`), which then reaches `name`
+    // in `categories` by that id. The product's id, `@external` in both,
+    // is already in the representation and is not asked again.
+    assert_eq!(
+        gw.query("{ productFromCatalog(id: \"1\") { id name category { id name details } } }"),
+        json!({"data": {"productFromCatalog": {
+            "id": "1",
+            "name": "Product#1",
+            "category": {"id": "c1", "name": "Category#c1", "details": "Details for Product#1"},
+        }}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    // `featured` provides `maker { id }`, which `tags` declares `@external`:
+    // the provided id is the key `makers` resolves `country` by.
+    assert_eq!(
+        gw.query("{ featured { maker { id country } } }"),
+        json!({"data": {"featured": [
+            {"maker": {"id": "m1", "country": "FR"}},
+            {"maker": {"id": "m2", "country": "JP"}},
+        ]}}),
+        "gateway log:\n{}",
+        gw.log()
+    );
+    assert!(requests(&subgraphs, "categories") >= 1 && requests(&subgraphs, "makers") >= 1);
+}

@@ -1452,3 +1452,176 @@ pub mod implements_per_graph {
         serve(loopback(), routes).await
     }
 }
+
+/// `hops-supergraph.graphql`: two hops before a field can be fetched.
+/// * `catalog` returns products (`productFromCatalog`); `details` and `tags`
+///   both resolve `Product.category` (`@shareable`), a value type whose
+///   `details` only `details` has and whose `id` only `tags` has (both
+///   declare `Product.id` `@external`); `categories` resolves `Category.name`
+///   by the key `id`.
+/// * `tags` lists `featured` products with `@provides(fields: "maker { id }")`:
+///   `Maker.id` is `@external` there, and `makers` resolves `Maker.country`
+///   by that key.
+pub mod hops {
+    use super::*;
+
+    pub struct CatalogProduct(ID);
+
+    #[Object(name = "Product")]
+    impl CatalogProduct {
+        async fn id(&self) -> &ID {
+            &self.0
+        }
+        async fn name(&self) -> String {
+            format!("Product#{}", self.0.as_str())
+        }
+    }
+
+    pub struct CatalogQuery;
+
+    #[Object(name = "Query")]
+    impl CatalogQuery {
+        async fn product_from_catalog(&self, id: ID) -> CatalogProduct {
+            CatalogProduct(id)
+        }
+        #[graphql(entity)]
+        async fn product(&self, id: ID) -> CatalogProduct {
+            CatalogProduct(id)
+        }
+    }
+
+    #[derive(SimpleObject)]
+    #[graphql(name = "Category")]
+    pub struct DetailsCategory {
+        details: String,
+    }
+
+    pub struct DetailsProduct(ID);
+
+    #[Object(name = "Product")]
+    impl DetailsProduct {
+        #[graphql(external)]
+        async fn id(&self) -> &ID {
+            &self.0
+        }
+        async fn category(&self) -> DetailsCategory {
+            DetailsCategory {
+                details: format!("Details for Product#{}", self.0.as_str()),
+            }
+        }
+    }
+
+    pub struct DetailsQuery;
+
+    #[Object(name = "Query")]
+    impl DetailsQuery {
+        #[graphql(entity)]
+        async fn product(&self, id: ID) -> DetailsProduct {
+            DetailsProduct(id)
+        }
+    }
+
+    #[derive(SimpleObject)]
+    #[graphql(name = "Category")]
+    pub struct TagsCategory {
+        id: ID,
+    }
+
+    #[derive(SimpleObject)]
+    #[graphql(name = "Maker")]
+    pub struct TagsMaker {
+        id: ID,
+    }
+
+    pub struct TagsProduct(ID);
+
+    #[Object(name = "Product")]
+    impl TagsProduct {
+        #[graphql(external)]
+        async fn id(&self) -> &ID {
+            &self.0
+        }
+        async fn category(&self) -> TagsCategory {
+            TagsCategory {
+                id: ID(format!("c{}", self.0.as_str())),
+            }
+        }
+        /// Provided under `featured` only.
+        async fn maker(&self) -> TagsMaker {
+            TagsMaker {
+                id: ID(format!("m{}", self.0.as_str())),
+            }
+        }
+    }
+
+    pub struct TagsQuery;
+
+    #[Object(name = "Query")]
+    impl TagsQuery {
+        async fn featured(&self) -> Vec<TagsProduct> {
+            vec![TagsProduct(ID("1".into())), TagsProduct(ID("2".into()))]
+        }
+        #[graphql(entity)]
+        async fn product(&self, id: ID) -> TagsProduct {
+            TagsProduct(id)
+        }
+    }
+
+    pub struct Named(ID);
+
+    #[Object(name = "Category")]
+    impl Named {
+        async fn id(&self) -> &ID {
+            &self.0
+        }
+        async fn name(&self) -> String {
+            format!("Category#{}", self.0.as_str())
+        }
+    }
+
+    pub struct CategoriesQuery;
+
+    #[Object(name = "Query")]
+    impl CategoriesQuery {
+        #[graphql(entity)]
+        async fn category(&self, id: ID) -> Named {
+            Named(id)
+        }
+    }
+
+    pub struct Maker(ID);
+
+    #[Object(name = "Maker")]
+    impl Maker {
+        async fn id(&self) -> &ID {
+            &self.0
+        }
+        async fn country(&self) -> &str {
+            if self.0.as_str() == "m1" {
+                "FR"
+            } else {
+                "JP"
+            }
+        }
+    }
+
+    pub struct MakersQuery;
+
+    #[Object(name = "Query")]
+    impl MakersQuery {
+        #[graphql(entity)]
+        async fn maker(&self, id: ID) -> Maker {
+            Maker(id)
+        }
+    }
+
+    pub async fn start() -> Subgraphs {
+        let mut routes: BTreeMap<&'static str, Exec> = BTreeMap::new();
+        routes.insert("catalog", federated(CatalogQuery));
+        routes.insert("details", federated(DetailsQuery));
+        routes.insert("tags", federated(TagsQuery));
+        routes.insert("categories", federated(CategoriesQuery));
+        routes.insert("makers", federated(MakersQuery));
+        serve(loopback(), routes).await
+    }
+}
