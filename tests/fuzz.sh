@@ -32,6 +32,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 failed=()
+ran=()
 for crate in sidecar graphql-gateway; do
   cd "$root/$crate/fuzz"
   # No sanitizer (-s none): the code fuzzed is safe Rust (the sidecar's one
@@ -41,12 +42,13 @@ for crate in sidecar graphql-gateway; do
   all=$(cargo +nightly fuzz list)
   targets=$all
   if [[ -n "${FUZZ_TARGETS:-}" ]]; then
-    targets=$(for t in $FUZZ_TARGETS; do grep -qx "$t" <<<"$all" && echo "$t"; done || true)
+    targets=$(for t in $FUZZ_TARGETS; do grep -qxF "$t" <<<"$all" && echo "$t"; done || true)
   fi
   for target in $targets; do
     # New inputs go to a scratch corpus; the committed seeds are only read.
     mkdir -p "$work/corpus/$target"
     log="$work/$target.log"
+    ran+=("$target")
     echo "fuzz.sh: $crate $target for ${seconds}s"
     if cargo +nightly fuzz run -s none "$target" "$work/corpus/$target" "seeds/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
@@ -57,6 +59,14 @@ for crate in sidecar graphql-gateway; do
       tail -n 60 "$log" >&2
     fi
   done
+done
+
+# A name in FUZZ_TARGETS that no crate has is a mistake, not a pass.
+for t in ${FUZZ_TARGETS:-}; do
+  if ! printf '%s\n' "${ran[@]}" | grep -qxF "$t"; then
+    echo "fuzz.sh: no fuzz crate has a target $t (see cargo +nightly fuzz list in sidecar/fuzz and graphql-gateway/fuzz)" >&2
+    exit 1
+  fi
 done
 
 if ((${#failed[@]})); then

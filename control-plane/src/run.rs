@@ -120,9 +120,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         kube_client = Some(client.clone());
         let debounce = kubernetes::Debounce { quiet: settings.debounce, max: settings.debounce_max };
         tokio::spawn(async move {
-            if let Err(e) = kubernetes::run(client, debounce, publish).await {
-                tracing::error!(error = %e, "the Kubernetes source stopped");
+            // Without its source the control plane would serve a frozen
+            // mesh (or none) for ever: it exits, and its pod is restarted.
+            match kubernetes::run(client, debounce, publish).await {
+                Err(e) => tracing::error!(error = %e, "the Kubernetes source stopped; exiting"),
+                Ok(()) => tracing::error!("every Kubernetes watch ended; exiting"),
             }
+            std::process::exit(1);
         });
     } else {
         bail!("--source {:?} is not a source: use dir:PATH or kubernetes", settings.source);

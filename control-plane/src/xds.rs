@@ -175,14 +175,23 @@ impl AdsServer {
 
     /// A receiver of the model that has waited for the first published one. A
     /// proxy served the empty model instead would drop every cluster it holds
-    /// (a replaced control-plane pod would cut the mesh's traffic).
-    async fn first_model(&self) -> watch::Receiver<Arc<Published>> {
+    /// (a replaced control-plane pod would cut the mesh's traffic). None when
+    /// the proxy went away meanwhile, or when the source stopped before it
+    /// published anything (the proxy is then told so, and tries again).
+    async fn first_model<R>(&self, tx: &mpsc::Sender<Result<R, Status>>) -> Option<watch::Receiver<Arc<Published>>> {
         let mut model = self.model.clone();
         if !self.has_model() {
             tracing::info!("waiting for the source's first model before answering");
         }
-        let _ = model.wait_for(|p| p.version > 0).await;
-        model
+        let published = tokio::select! {
+            seen = model.wait_for(|p| p.version > 0) => seen.is_ok(),
+            _ = tx.closed() => return None,
+        };
+        if !published {
+            let _ = tx.send(Err(Status::unavailable("the control plane's config source stopped before its first model; see its log"))).await;
+            return None;
+        }
+        Some(model)
     }
 
     /// The resources a connected proxy is served now, or None if no proxy of
@@ -677,7 +686,11 @@ impl AggregatedDiscoveryService for AdsService {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 tracing::info!("proxy connected");
-                let mut model = server.first_model().await;
+                let Some(mut model) = server.first_model(&tx).await else {
+                    tracing::info!("proxy gone before the first model");
+                    server.stream_closed(&node_id);
+                    return;
+                };
                 let mut types: HashMap<String, SotwType> = HashMap::new();
                 let mut slot = PushSlot::default();
                 let mut nonce = 0u64;
@@ -763,7 +776,11 @@ impl AggregatedDiscoveryService for AdsService {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 tracing::info!("proxy connected");
-                let mut model = server.first_model().await;
+                let Some(mut model) = server.first_model(&tx).await else {
+                    tracing::info!("proxy gone before the first model");
+                    server.stream_closed(&node_id);
+                    return;
+                };
                 let mut types: HashMap<String, DeltaType> = HashMap::new();
                 let mut slot = PushSlot::default();
                 let mut nonce = 0u64;

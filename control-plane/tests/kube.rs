@@ -202,6 +202,11 @@ fn a_control_plane_serves_no_proxy_before_every_watch_has_listed() {
     assert_eq!(status_of(cp.debug, "/ready"), Some(503), "a control plane that cannot list Endpoints says it is ready");
     let cds_updates = http_get(admin, "/stats?filter=cluster_manager.cds.update_success").unwrap_or_default();
     assert!(cds_updates.trim().ends_with(": 0"), "Envoy was sent clusters before the control plane had listed the cluster: {cds_updates}");
+    // A proxy that gives up while it waits leaves nothing behind.
+    let gone = envoy(dir.path(), "envoy-gone", cp.xds, "dev", false);
+    wait("the second Envoy to open its stream", Duration::from_secs(20), || http_get(cp.debug, "/debug/syncz").is_some_and(|s| s.contains("envoy-gone")));
+    drop(gone);
+    wait("the stream of the Envoy that left to close", Duration::from_secs(20), || http_get(cp.debug, "/debug/syncz").is_some_and(|s| !s.contains("envoy-gone")));
 
     apply(
         &cluster,

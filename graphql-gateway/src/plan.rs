@@ -1251,9 +1251,15 @@ impl Planner<'_> {
                     deps.push(d);
                 }
             }
+            // The group's fetch made earlier (a provider of required fields)
+            // is shared only if the representations would not conflict.
             let shared = created
                 .get(&(owner.clone(), type_name.clone()))
-                .filter(|_| first_of_group);
+                .filter(|_| first_of_group)
+                .filter(|id| match &self.fetches[**id].kind {
+                    FetchKind::Entity { requires: r, .. } => !r.conflicts_with(&requires),
+                    FetchKind::Root { .. } => true,
+                });
             let id = match shared {
                 Some(id) => {
                     let existing = &mut self.fetches[*id];
@@ -1283,7 +1289,9 @@ impl Planner<'_> {
                         deps,
                     );
                     if first_of_group {
-                        created.insert((owner.clone(), type_name.clone()), id);
+                        created
+                            .entry((owner.clone(), type_name.clone()))
+                            .or_insert(id);
                     }
                     id
                 }
