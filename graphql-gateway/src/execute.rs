@@ -379,6 +379,24 @@ fn representation(
     {
         return None;
     }
+    // A field both sets select with other sub-selections (`author { id }`
+    // in the key, `author { name }` required) is written once, with both.
+    static NOTHING: FieldSet = FieldSet(Vec::new());
+    let merged;
+    let (key, requires) = if requires
+        .0
+        .iter()
+        .any(|(n, s)| key.0.iter().any(|(k, ks)| k == n && ks != s))
+    {
+        merged = {
+            let mut both = key.clone();
+            both.merge(requires);
+            both
+        };
+        (&merged, &NOTHING)
+    } else {
+        (key, requires)
+    };
     out.clear();
     out.extend_from_slice(b"{\"__typename\":");
     write_str(out, type_name);
@@ -910,6 +928,26 @@ mod tests {
             )
             .is_none(),
             "a missing field"
+        );
+        // One field in both sets, with other sub-selections: written once, whole.
+        let object = Value::from(
+            json!({"__typename": "Post", "id": "p", "author": {"id": "a", "name": "Ann", "age": 3}}),
+        );
+        let key = FieldSet::parse("id author { id }").expect("key");
+        let requires = FieldSet::parse("author { name }").expect("requires");
+        representation(
+            object.as_object().expect("object"),
+            "Post",
+            &[],
+            &key,
+            &requires,
+            &mut out,
+        )
+        .expect("representable");
+        let rep: Json = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(
+            rep,
+            json!({"__typename": "Post", "id": "p", "author": {"id": "a", "name": "Ann"}})
         );
     }
 }
