@@ -887,67 +887,47 @@ mod tests {
         let object = Value::from(
             json!({"__typename": "Product", "id": {"sku": "a", "region": "eu"}, "price": 3, "name": "x"}),
         );
-        let key = FieldSet::parse("id { sku region }").expect("key");
-        let requires = FieldSet::parse("price").expect("requires");
-        let mut out = Vec::new();
-        representation(
-            object.as_object().expect("object"),
-            "Product",
-            &[],
-            &key,
-            &requires,
-            &mut out,
-        )
-        .expect("representable");
-        let rep: Json = serde_json::from_slice(&out).expect("JSON");
-        assert_eq!(
-            rep,
-            json!({"__typename": "Product", "id": {"sku": "a", "region": "eu"}, "price": 3})
-        );
-        assert!(
+        let set = |text: &str| FieldSet::parse(text).expect("field set");
+        // The representation written, None if there is none.
+        let written = |object: &Value, type_name: &str, key: &FieldSet, requires: &FieldSet| {
+            let mut out = Vec::new();
             representation(
                 object.as_object().expect("object"),
-                "Book",
+                type_name,
                 &[],
-                &key,
-                &requires,
-                &mut out
+                key,
+                requires,
+                &mut out,
             )
-            .is_none(),
+            .map(|()| serde_json::from_slice::<Json>(&out).expect("JSON"))
+        };
+        let (key, requires) = (set("id { sku region }"), set("price"));
+        assert_eq!(
+            written(&object, "Product", &key, &requires),
+            Some(json!({"__typename": "Product", "id": {"sku": "a", "region": "eu"}, "price": 3}))
+        );
+        assert_eq!(
+            written(&object, "Book", &key, &requires),
+            None,
             "another type"
         );
-        let missing = FieldSet::parse("weight").expect("requires");
-        assert!(
-            representation(
-                object.as_object().expect("object"),
-                "Product",
-                &[],
-                &key,
-                &missing,
-                &mut out
-            )
-            .is_none(),
+        assert_eq!(
+            written(&object, "Product", &key, &set("weight")),
+            None,
             "a missing field"
         );
         // One field in both sets, with other sub-selections: written once, whole.
-        let object = Value::from(
+        let post = Value::from(
             json!({"__typename": "Post", "id": "p", "author": {"id": "a", "name": "Ann", "age": 3}}),
         );
-        let key = FieldSet::parse("id author { id }").expect("key");
-        let requires = FieldSet::parse("author { name }").expect("requires");
-        representation(
-            object.as_object().expect("object"),
-            "Post",
-            &[],
-            &key,
-            &requires,
-            &mut out,
-        )
-        .expect("representable");
-        let rep: Json = serde_json::from_slice(&out).expect("JSON");
         assert_eq!(
-            rep,
-            json!({"__typename": "Post", "id": "p", "author": {"id": "a", "name": "Ann"}})
+            written(
+                &post,
+                "Post",
+                &set("id author { id }"),
+                &set("author { name }")
+            ),
+            Some(json!({"__typename": "Post", "id": "p", "author": {"id": "a", "name": "Ann"}}))
         );
     }
 }

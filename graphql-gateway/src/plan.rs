@@ -322,13 +322,8 @@ impl Planner<'_> {
                 .field(type_name, name)
                 .map(|i| i.graphs.clone())
                 .unwrap_or_default();
-            let answered_key = |g: &str| {
-                self.sg
-                    .keys(g, type_name)
-                    .iter()
-                    .find(|k| k.0.iter().all(|(n, sub)| at.answers(self.sg, n, sub)))
-                    .cloned()
-            };
+            let answered_key =
+                |g: &str| self.answered_key(g, type_name, |n, sub| at.answers(self.sg, n, sub));
             let reachable =
                 |g: &&String| (**g != at.graph || computed_there) && answered_key(g).is_some();
             // The target itself answers a field it needs in its own
@@ -822,13 +817,23 @@ impl Planner<'_> {
     /// The key of `type_name` to fetch entities from `target` by: one whose
     /// fields `from` can answer itself if there is one (no extra hop).
     fn key_for(&self, target: &str, type_name: &str, from: &str) -> Option<FieldSet> {
-        let keys = self.sg.keys(target, type_name);
-        keys.iter()
-            .find(|k| {
-                k.0.iter()
-                    .all(|(n, _)| self.sg.resolves(from, type_name, n))
-            })
-            .or_else(|| keys.first())
+        self.answered_key(target, type_name, |n, _| {
+            self.sg.resolves(from, type_name, n)
+        })
+        .or_else(|| self.sg.keys(target, type_name).first().cloned())
+    }
+
+    /// A key of `type_name` in `target` whose every field `answers`.
+    fn answered_key(
+        &self,
+        target: &str,
+        type_name: &str,
+        answers: impl Fn(&str, &FieldSet) -> bool,
+    ) -> Option<FieldSet> {
+        self.sg
+            .keys(target, type_name)
+            .iter()
+            .find(|k| k.0.iter().all(|(n, sub)| answers(n, sub)))
             .cloned()
     }
 
